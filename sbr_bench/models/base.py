@@ -1,0 +1,151 @@
+"""The shared model interface: encoder ▸ readout ▸ scorer.
+
+- An **encoder** maps a session-graph `Batch` (see `sbr_bench.data.graphs`) and the item embedding table to
+  `Encoded`: the hidden state of every *position* of every session in one packed tensor `[P, d]`
+  (click order, sessions one after another, exactly the order of `batch.alias`), plus optional node
+  states, side outputs (e.g. SGNN-HN's star node) and an auxiliary loss (e.g. DHCN's SSL term).
+- A **readout** maps `Encoded` to one vector per session `[B, d]` with PyG-style per-session ops
+  (`torch_geometric.utils.softmax`, `scatter`), never padding.
+- A **scorer** maps session vectors and the candidate table `[N, d]` (items 1..N) to scores `[B, N]`.
+
+Any encoder composes with any readout (`--models srgnn+attenmixer`). Every module lists its weight
+groups along the paper's Figure 2 split (`weight_groups()`: group name -> module paths of `nn.Linear`s
+relative to that module), which is what the SparseVD wrapper converts and measures. Group names:
+`gnn.propagation`, `gnn.gate_ih`, `gnn.gate_hh`, `gnn.other`, `readout.query`, `readout.key`,
+`readout.value`, `readout.transform`, `readout.other`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class Encoded:
+    h: Tensor  # [P, d] hidden state per position, packed in batch.alias order
+    pos_batch: Tensor  # [P] session of each position (= batch.alias_batch)
+    last: Tensor  # [B] index into h of each session's last position (= batch.last)
+    length: Tensor  # [B] number of positions of each session
+    node_h: Tensor | None = None  # [nodes, d] node states, for graph encoders
+    items: Tensor | None = None  # [N, d] candidate table override (DHCN scores against convolved items)
+    extras: dict = field(default_factory=dict)  # model-specific side outputs, e.g. "star": [B, d]
+    aux_loss: Tensor | None = None  # added to the training loss (e.g. DHCN's self-supervised term)
+
+    @property
+    def last_h(self) -> Tensor:
+        return self.h[self.last]
+
+    @property
+    def num_sessions(self) -> int:
+        return self.last.numel()
+
+
+class Component(nn.Module):
+    """Base for encoders and readouts: declares its Figure-2 weight groups."""
+
+    def weight_groups(self) -> dict[str, list[str]]:
+        return {}
+
+
+class Encoder(Component):
+    extra_graphs: tuple = ()  # extra graphs the collate must build, see graphs.EXTRA_GRAPHS
+
+    def forward(self, batch, embedding: nn.Embedding) -> Encoded:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Readout(Component):
+    def forward(self, enc: Encoded, batch) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class EmbeddingEncoder(Encoder):
+    """No propagation: each position's state is its item embedding (Atten-Mixer's default encoder)."""
+
+    def __init__(self, dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, batch, embedding):
+        h = self.dropout(embedding(batch.x))[batch.alias]
+        return Encoded(h, batch.alias_batch, batch.last, batch.length)
+
+
+class DotScorer(nn.Module):
+    """scores = s · e_j (SR-GNN, GC-SAN, LESSR, NARM, DHCN)."""
+
+    def forward(self, s: Tensor, items: Tensor) -> Tensor:
+        return s @ items.t()
+
+
+class CosineScorer(nn.Module):
+    """scores = sigma · cos(s, e_j), optional dropout on the candidate table in training (NISER-style;
+    Atten-Mixer uses sigma = 12, SGNN-HN's layer-normalised variant uses 12 too)."""
+
+    def __init__(self, sigma: float = 12.0, item_dropout: float = 0.0):
+        super().__init__()
+        self.sigma = sigma
+        self.item_dropout = nn.Dropout(item_dropout)
+
+    def forward(self, s: Tensor, items: Tensor) -> Tensor:
+        items = self.item_dropout(F.normalize(items, dim=-1))
+        return self.sigma * F.normalize(s, dim=-1) @ items.t()
+
+
+class SBRModel(nn.Module):
+    """embedding + encoder + readout + scorer, trained with cross-entropy over all items."""
+
+    trainable = True
+
+    def __init__(self, n_items: int, dim: int, encoder: Encoder, readout: Readout, scorer: nn.Module):
+        super().__init__()
+        self.n_items = n_items
+        # Row 0 is the padding id; it is never a candidate (scores cover items 1..n_items).
+        self.embedding = nn.Embedding(n_items + 1, dim)
+        self.encoder, self.readout, self.scorer = encoder, readout, scorer
+
+    @property
+    def extra_graphs(self) -> tuple:
+        return tuple(self.encoder.extra_graphs) + tuple(getattr(self.readout, "extra_graphs", ()))
+
+    def reset_parameters(self, std: float | None = None) -> None:
+        """SR-GNN's init, used by all reference code bases: every parameter ~ U(-1/sqrt(d), 1/sqrt(d))."""
+        bound = 1.0 / math.sqrt(self.embedding.embedding_dim) if std is None else std
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def encode(self, batch) -> Encoded:
+        return self.encoder(batch, self.embedding)
+
+    def session_repr(self, batch) -> tuple[Tensor, Tensor, Encoded]:
+        """Session vectors [B, d], the candidate table [N, d] and the encoder output."""
+        enc = self.encode(batch)
+        s = self.readout(enc, batch)
+        items = enc.items if enc.items is not None else self.embedding.weight[1:]
+        return s, items, enc
+
+    def forward(self, batch) -> Tensor:
+        s, items, _ = self.session_repr(batch)
+        return self.scorer(s, items)
+
+    def loss(self, batch) -> tuple[Tensor, dict]:
+        s, items, enc = self.session_repr(batch)
+        ce = F.cross_entropy(self.scorer(s, items), batch.y - 1)
+        parts = {"ce": ce.detach()}
+        if enc.aux_loss is not None:
+            parts["aux"] = enc.aux_loss.detach()
+            return ce + enc.aux_loss, parts
+        return ce, parts
+
+    def weight_groups(self) -> dict[str, list[str]]:
+        """Figure-2 groups over the whole model: group -> full module paths of nn.Linear layers."""
+        groups: dict[str, list[str]] = {}
+        for prefix, module in (("encoder", self.encoder), ("readout", self.readout)):
+            for name, paths in module.weight_groups().items():
+                groups.setdefault(name, []).extend(f"{prefix}.{p}" for p in paths)
+        return groups
