@@ -8,6 +8,9 @@
   (`torch_geometric.utils.softmax`, `scatter`), never padding.
 - A **scorer** maps session vectors and the candidate table `[N, d]` (items 1..N) to scores `[B, N]`.
 
+Baselines fitted by counting (pop, s-pop, sknn) are not `SBRModel`s: they have `trainable = False`,
+`fit(train_split)` and `forward(batch) -> [B, N]` scores, and are evaluated the same way.
+
 Any encoder composes with any readout (`--models srgnn+attenmixer`). Every module lists its weight
 groups along the paper's Figure 2 split (`weight_groups()`: group name -> module paths of `nn.Linear`s
 relative to that module), which is what the SparseVD wrapper converts and measures. Group names:
@@ -118,6 +121,13 @@ class SBRModel(nn.Module):
         bound = 1.0 / math.sqrt(self.embedding.embedding_dim) if std is None else std
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
+
+    def prepare(self, train) -> None:
+        """Give components that need global training structure (DHCN's item hypergraph) the training
+        `Split` before training. Only training data may go in here (never valid/test)."""
+        for module in (self.encoder, self.readout):
+            if hasattr(module, "prepare"):
+                module.prepare(train)
 
     def encode(self, batch) -> Encoded:
         return self.encoder(batch, self.embedding)
