@@ -82,11 +82,14 @@ def rank_counts(score, target0: torch.Tensor, n_items: int, chunk: int):
         cached = score(0, n_items)
         target = cached[rows, target0]
     else:
-        cached, target = None, torch.empty(B, device=target0.device)
+        cached, target = None, None
         for c0, c1 in bounds:
             inside = (target0 >= c0) & (target0 < c1)
             if inside.any():
-                target[inside] = score(c0, c1)[rows[inside], target0[inside] - c0].to(target.dtype)
+                sc = score(c0, c1)
+                if target is None:  # in the scores' own dtype: a float64 model keeps its precision
+                    target = torch.empty(B, device=target0.device, dtype=sc.dtype)
+                target[inside] = sc[rows[inside], target0[inside] - c0]
     greater = torch.zeros(B, dtype=torch.long, device=target0.device)
     equal = torch.zeros_like(greater)
     t = target.unsqueeze(1)

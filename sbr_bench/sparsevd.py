@@ -158,3 +158,60 @@ def kl_weight(preset: dict, epoch: int, step: int) -> float:
     """Linear KL annealing, per epoch (textbook) or per step (the authors' Fig. 3 runs), capped at 1."""
     t = epoch if preset["anneal_every"] == "epoch" else step
     return min(1.0, preset["anneal_start"] + preset["anneal_step"] * t)
+
+
+class SparseVDModel(nn.Module):
+    """A model converted by `SparseVD`, trained with the variational objective and logging densities.
+
+    It is a drop-in for the trainer (same `loss`, `session_repr`, `scorer`, `extra_graphs`, `prepare`):
+    `loss` = CE + w(t)·KL/N_train (textbook) or CE·n_batches + w(t)·KL (the authors' Fig. 3 scaling),
+    and every `log_every` steps the density of each group is appended to `density_path` (JSON lines).
+    The step counter is a buffer, so it is checkpointed and a resumed run continues the schedule."""
+
+    def __init__(self, model, sparse: SparseVD, preset: dict, n_train: int, batches_per_epoch: int,
+                 log_every: int = 50, density_path=None):
+        super().__init__()
+        self.model, self.sparse, self.preset = model, sparse, preset
+        self.n_train, self.batches_per_epoch = n_train, max(1, batches_per_epoch)
+        self.log_every, self.density_path = max(1, log_every), density_path
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    trainable = True
+    extra_graphs = property(lambda self: self.model.extra_graphs)
+    scorer = property(lambda self: self.model.scorer)
+
+    def prepare(self, train) -> None:
+        self.model.prepare(train)
+
+    def session_repr(self, batch):
+        return self.model.session_repr(batch)
+
+    def forward(self, batch):
+        return self.model(batch)
+
+    def weight_groups(self):
+        return self.model.weight_groups()
+
+    def loss(self, batch):
+        step = int(self.step)
+        epoch = step // self.batches_per_epoch
+        if step % self.log_every == 0:
+            self.log_density(step, epoch)
+        ce, parts = self.model.loss(batch)
+        w = kl_weight(self.preset, epoch, step)
+        kl = self.sparse.kl()
+        if self.preset["kl_scale"] == "per_batch":
+            total = ce * self.batches_per_epoch + w * kl
+        else:
+            total = ce + w * kl / self.n_train
+        self.step += 1
+        return total, dict(parts, kl=kl.detach(), kl_weight=torch.tensor(w))
+
+    def log_density(self, step: int, epoch: int) -> dict:
+        row = {"step": step, "epoch": epoch, "density": self.sparse.density(),
+               "counts": {g: list(c) for g, c in self.sparse.counts().items()}}
+        if self.density_path is not None:
+            from .io import append_jsonl
+
+            append_jsonl(self.density_path, row)
+        return row

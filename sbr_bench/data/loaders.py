@@ -1,0 +1,458 @@
+"""Readers for preprocessed dataset layouts and for a user's own click log.
+
+Layouts (see ../shared/datasets/README.md, "on-disk layouts"):
+- ``srgnn``: SR-GNN pickles. ``all_train_seq.txt`` = whole train sessions; ``test.txt`` (and ``train.txt``)
+  = ``(prefixes, targets)`` as a tuple or a 2-element list, prefixes longest-first or shortest-first.
+  Ids are 1-based; ``n_items`` = the largest id.
+- ``lessr``: text, one whole session per line of comma-separated ids (``train.txt``, ``test.txt``, optional
+  ``valid.txt``, optional ``num_items.txt``). Id base rule: if any file holds a 0 the ids are 0-based and
+  shifted +1 (``n_items`` = ``num_items`` or max id + 1); otherwise they are 1-based (``n_items`` =
+  ``num_items - 1`` since such copies count the unused 0, or max id). ``id_base=0|1`` overrides the rule.
+- ``sessionrec``: session-rec event TSV (header ``SessionId<TAB>ItemId<TAB>Time``, unix seconds),
+  ``*_train_full.txt`` + ``*_test.txt`` (or ``*_train_tr.txt`` + ``*_train_valid.txt`` + ``*_test.txt``).
+- ``clicklog``: any CSV/TSV of clicks with named session/item/time columns (``read_click_log``); a
+  preprocessing protocol turns it into splits (see ``dataset.py``).
+
+Published test pairs are kept exactly: the pairs are chained back into whole test sessions (consecutive
+pairs of one session, either prefix order) and each pair becomes an example (session, prefix length) of
+that rebuilt session. So evaluation sees exactly the published pairs (a variant whose shortest prefix has
+length 2 has no length-1 examples), while ``SessionDataset.stats()`` counts clicks and average length over
+whole sessions, as Table 1 of the paper does (Gowalla: 212,824 test clicks in 57,492 sessions).
+
+Sessions without times are kept in stored order; all these layouts store sessions ordered by time, so the
+validation split (the last fraction) is the latest part of train.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataFormatError, UserError
+from .sessions import Sessions, Split
+
+LAYOUTS = ("srgnn", "lessr", "sessionrec", "clicklog")
+EXPECTED = (
+    "SR-GNN pickles (all_train_seq.txt and/or train.txt, plus test.txt), "
+    "LESSR text (train.txt, test.txt, optional valid.txt and num_items.txt), "
+    "session-rec TSV (*_train_full.txt or *_train_tr.txt, plus *_test.txt, header 'SessionId<TAB>ItemId<TAB>Time'), "
+    "or a click-log CSV file"
+)
+SESSIONREC_HEADER = ("SessionId", "ItemId", "Time")
+
+
+@dataclass
+class LoadedSplits:
+    """What a layout reader returns: whole train sessions, the test part, and where they came from."""
+
+    layout: str
+    train: Sessions
+    test: Split | Sessions  # explicit pairs (Split) or whole sessions to augment
+    n_items: int
+    files: list[Path]  # every file read, for cache keys
+    valid: Sessions | None = None  # an explicit validation split shipped with the data
+    info: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout detection
+
+
+def _is_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"  # pickle protocol >= 2 starts with PROTO
+
+
+def _first_line(path: Path) -> str:
+    with open(path, "rb") as f:
+        return f.readline(4096).decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _sessionrec_files(folder: Path) -> dict:
+    tests = sorted(folder.glob("*_test.txt"))
+    full = sorted(folder.glob("*_train_full.txt"))
+    tr = sorted(folder.glob("*_train_tr.txt"))
+    valid = sorted(folder.glob("*_train_valid.txt"))
+    if len(tests) != 1:
+        return {}
+    if len(full) == 1:
+        return {"train": full[0], "test": tests[0]}
+    if len(tr) == 1 and len(valid) == 1:
+        return {"train": tr[0], "valid": valid[0], "test": tests[0]}
+    return {}
+
+
+def detect_layout(path) -> str:
+    """The layout of a folder (or of the folder a file of a preprocessed layout sits in), or 'clicklog'
+    for any other delimited file. Raises UserError naming what was expected."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    if path.is_file():
+        if path.stat().st_size == 0:
+            raise DataFormatError(path, "file is empty")
+        if path.name in ("all_train_seq.txt", "train.txt", "test.txt", "valid.txt"):
+            return detect_layout(path.parent)
+        if _first_line(path).split("\t")[:3] == list(SESSIONREC_HEADER) and _sessionrec_files(path.parent):
+            return "sessionrec"
+        if _is_pickle(path):
+            raise UserError(f"{path} is a pickle but not one of all_train_seq.txt/train.txt/test.txt; "
+                            "point at the folder of an SR-GNN layout instead")
+        return "clicklog"
+    names = {p.name for p in path.iterdir()}
+    if "test.txt" in names and ("all_train_seq.txt" in names or "train.txt" in names):
+        first = path / ("all_train_seq.txt" if "all_train_seq.txt" in names else "train.txt")
+        if _is_pickle(first) or first.name == "all_train_seq.txt":
+            return "srgnn"
+        return "lessr"
+    if _sessionrec_files(path):
+        return "sessionrec"
+    found = ", ".join(sorted(names)[:12]) or "nothing"
+    raise UserError(f"{path}: no known dataset layout (found: {found}); expected {EXPECTED}")
+
+
+def input_files(path) -> tuple[str, list[Path]]:
+    """(layout, the files its reader will read): what a cache key must hash, known before loading."""
+    path = Path(path)
+    layout = detect_layout(path)
+    if layout == "clicklog":
+        return layout, [path]
+    folder = path if path.is_dir() else path.parent
+    if layout == "srgnn":
+        train = folder / "all_train_seq.txt"
+        return layout, [train if train.exists() else folder / "train.txt", folder / "test.txt"]
+    if layout == "lessr":
+        names = ("train.txt", "test.txt", "valid.txt", "num_items.txt")
+        return layout, [folder / n for n in names if (folder / n).exists()]
+    return layout, list(_sessionrec_files(folder).values())
+
+
+def load_preprocessed(path, id_base=None) -> LoadedSplits:
+    """Read a preprocessed folder (or a file inside one) of any supported layout."""
+    path = Path(path)
+    layout = detect_layout(path)
+    folder = path if path.is_dir() else path.parent
+    if layout == "srgnn":
+        return load_srgnn(folder)
+    if layout == "lessr":
+        return load_lessr(folder, id_base=id_base)
+    if layout == "sessionrec":
+        return load_sessionrec(folder)
+    raise UserError(f"{path} looks like a click log, not a preprocessed layout; give its column names "
+                    "(--session-col, --item-col, --time-col) so a protocol can preprocess it")
+
+
+# ----------------------------------------------------------------------------------------------------
+# SR-GNN pickles
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Refuses every global, so only plain containers and numbers load: a crafted pickle cannot run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}; only plain lists/tuples of ints are accepted")
+
+
+def read_pickle(path: Path):
+    try:
+        data = path.read_bytes()
+        if not data:
+            raise DataFormatError(path, "file is empty")
+        return _PlainUnpickler(io.BytesIO(data)).load()
+    except DataFormatError:
+        raise
+    except Exception as e:  # any unpickling failure: truncated, not a pickle, foreign objects
+        raise DataFormatError(path, f"not a readable SR-GNN pickle ({type(e).__name__}: {e})") from None
+
+
+def _check_seqs(path: Path, seqs, what: str, min_len: int = 1) -> None:
+    if not isinstance(seqs, list):
+        raise DataFormatError(path, f"{what} must be a list of sessions, got {type(seqs).__name__}")
+    for k, s in enumerate(seqs):
+        if not isinstance(s, (list, tuple)) or len(s) < min_len:
+            raise DataFormatError(path, f"{what} entry {k} is not a list of at least {min_len} item ids: {s!r:.80}")
+        for i in s:
+            if type(i) is not int or i < 1:
+                raise DataFormatError(path, f"{what} entry {k} holds {i!r}; ids must be integers >= 1 (0 is padding)")
+
+
+def read_srgnn_pairs(path: Path):
+    """(prefixes, targets) from a pickled pair file; tuple or 2-element list containers."""
+    data = read_pickle(path)
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise DataFormatError(path, "expected (prefixes, targets) as a tuple or 2-element list, got "
+                              f"{type(data).__name__} of length {len(data) if hasattr(data, '__len__') else '?'}")
+    prefixes, targets = data
+    prefixes = list(prefixes) if isinstance(prefixes, tuple) else prefixes
+    targets = list(targets) if isinstance(targets, tuple) else targets
+    _check_seqs(path, prefixes, "prefix")
+    if not isinstance(targets, list) or len(targets) != len(prefixes):
+        raise DataFormatError(path, f"{len(prefixes)} prefixes but targets is not a list of the same length")
+    _check_seqs(path, [[t] for t in targets], "target")
+    if not prefixes:
+        raise DataFormatError(path, "holds no pairs")
+    return prefixes, targets
+
+
+def pairs_to_sessions(prefixes, targets):
+    """Chain consecutive pairs of one session back into that whole session.
+
+    Two orders occur: longest-first (SR-GNN: s[:-1]->s[-1], s[:-2]->s[-2], ...) and shortest-first
+    (LESSR converters: s[:1]->s[1], s[:2]->s[2], ...). The order is the one most consecutive pairs follow.
+    A pair that does not continue the previous one starts a new session, so every pair is always exactly
+    a prefix of its rebuilt session. Returns (Sessions, ex_seq, ex_len, order).
+    """
+    n = len(prefixes)
+    longest = shortest = 0
+    for j in range(1, n):
+        p, t, q = prefixes[j - 1], targets[j - 1], prefixes[j]
+        if len(q) == len(p) - 1 and targets[j] == p[-1] and q == p[:-1]:
+            longest += 1
+        elif len(q) == len(p) + 1 and q[-1] == t and q[:-1] == p:
+            shortest += 1
+    order = "longest-first" if longest > shortest else "shortest-first" if shortest else "one pair per session"
+    seqs, ex_seq, ex_len = [], np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for j in range(n):
+        p, t = prefixes[j], targets[j]
+        if j and order == "longest-first":
+            cur = seqs[-1]
+            cont = len(p) == ex_len[j - 1] - 1 and t == cur[len(p)] and cur[: len(p)] == list(p)
+        elif j and order == "shortest-first":
+            cur = seqs[-1]
+            cont = len(p) == len(cur) and cur == list(p)
+            if cont:
+                cur.append(t)
+        else:
+            cont = False
+        if not cont:
+            seqs.append(list(p) + [t])
+        ex_seq[j], ex_len[j] = len(seqs) - 1, len(p)
+    return Sessions.from_lists(seqs), ex_seq, ex_len, order
+
+
+def load_srgnn(folder) -> LoadedSplits:
+    folder = Path(folder)
+    test_path, all_train = folder / "test.txt", folder / "all_train_seq.txt"
+    if not test_path.exists():
+        raise UserError(f"{folder}: SR-GNN layout needs test.txt")
+    info = {}
+    if all_train.exists():
+        seqs = read_pickle(all_train)
+        _check_seqs(all_train, seqs, "session")
+        train = Sessions.from_lists(seqs)
+        files = [all_train, test_path]
+        info["train_from"] = "all_train_seq.txt"
+    elif (folder / "train.txt").exists():
+        train, _, _, order = pairs_to_sessions(*read_srgnn_pairs(folder / "train.txt"))
+        files = [folder / "train.txt", test_path]
+        info.update(train_from="train.txt (sessions rebuilt from pairs)", train_pair_order=order)
+    else:
+        raise UserError(f"{folder}: SR-GNN layout needs all_train_seq.txt or train.txt next to test.txt")
+    prefixes, targets = read_srgnn_pairs(test_path)
+    test_sessions, ex_seq, ex_len, order = pairs_to_sessions(prefixes, targets)
+    test = Split(test_sessions, ex_seq, ex_len)
+    n_items = int(max(train.items.max(initial=0), test_sessions.items.max(initial=0)))
+    info.update(test_pairs=len(test), test_sessions_rebuilt=len(test_sessions), test_pair_order=order,
+                min_test_prefix=int(ex_len.min()))
+    return LoadedSplits("srgnn", train, test, n_items, files, info=info)
+
+
+# ----------------------------------------------------------------------------------------------------
+# LESSR text
+
+
+def read_lessr_sessions(path: Path) -> list[list[int]]:
+    """One session per line, comma-separated integer ids; names file and line on any bad line."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise DataFormatError(path, "not a text file (LESSR layout expects comma-separated ids)") from None
+    lines = text.rstrip("\r\n").split("\n") if text.strip() else []
+    if not lines:
+        raise DataFormatError(path, "file is empty")
+    seqs = []
+    for no, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            raise DataFormatError(path, "empty line (expected comma-separated item ids)", no)
+        try:
+            seq = [int(x) for x in line.split(",")]
+        except ValueError:
+            raise DataFormatError(path, f"not a comma-separated list of integers: {line!r:.80}", no) from None
+        if min(seq) < 0:
+            raise DataFormatError(path, f"negative item id in {line!r:.80}", no)
+        seqs.append(seq)
+    return seqs
+
+
+def read_num_items(path: Path) -> int:
+    text = path.read_text().strip()
+    try:
+        value = int(text)
+    except ValueError:
+        raise DataFormatError(path, f"expected one integer, got {text!r:.40}", 1) from None
+    if value < 1:
+        raise DataFormatError(path, f"expected a positive item count, got {value}", 1)
+    return value
+
+
+def load_lessr(folder, id_base=None) -> LoadedSplits:
+    folder = Path(folder)
+    parts = {}
+    for name in ("train", "test", "valid"):
+        p = folder / f"{name}.txt"
+        if p.exists():
+            parts[name] = (p, read_lessr_sessions(p))
+        elif name != "valid":
+            raise UserError(f"{folder}: LESSR layout needs {name}.txt (found: "
+                            f"{', '.join(sorted(q.name for q in folder.iterdir()))})")
+    num_items_path = folder / "num_items.txt"
+    num_items = read_num_items(num_items_path) if num_items_path.exists() else None
+    lo = min(min(min(s) for s in seqs) for _, seqs in parts.values())
+    hi = max(max(max(s) for s in seqs) for _, seqs in parts.values())
+    if id_base is None:
+        id_base = 0 if lo == 0 else 1
+    if id_base not in (0, 1):
+        raise UserError(f"id_base must be 0 or 1, got {id_base!r}")
+    if id_base == 1 and lo == 0:
+        raise UserError(f"{folder}: id_base=1 but the files hold item id 0")
+    if id_base == 0:
+        n_items = num_items if num_items is not None else hi + 1
+    else:
+        n_items = num_items - 1 if num_items is not None else hi
+    if hi + (1 - id_base) > n_items:
+        raise DataFormatError(num_items_path, f"num_items {num_items} is too small for the largest id {hi} "
+                              f"({id_base}-based ids)")
+    shift = 1 - id_base
+    splits = {name: Sessions.from_lists([[i + shift for i in s] for s in seqs]) for name, (_, seqs) in parts.items()}
+    files = [p for p, _ in parts.values()] + ([num_items_path] if num_items is not None else [])
+    info = {"id_base": id_base, "num_items_file": num_items}
+    return LoadedSplits("lessr", splits["train"], splits["test"], int(n_items), files,
+                        valid=splits.get("valid"), info=info)
+
+
+# ----------------------------------------------------------------------------------------------------
+# session-rec event TSV
+
+
+def _read_sessionrec_events(path: Path):
+    import pandas as pd
+
+    if _first_line(path).split("\t")[:3] != list(SESSIONREC_HEADER):
+        raise DataFormatError(path, "expected the header 'SessionId<TAB>ItemId<TAB>Time'", 1)
+    try:
+        df = pd.read_csv(path, sep="\t", usecols=list(SESSIONREC_HEADER),
+                         dtype={"SessionId": "int64", "ItemId": "int64", "Time": "float64"})
+    except (ValueError, pd.errors.ParserError) as e:
+        raise DataFormatError(path, f"not a session-rec event file ({e})") from None
+    if df.empty:
+        raise DataFormatError(path, "holds no events")
+    return df
+
+
+def events_to_sessions(session, item, time):
+    """Group events into sessions (clicks by time within a session, sessions by end time).
+    Returns (session item arrays concatenated, offsets, end times) with the raw item ids."""
+    import pandas as pd
+
+    session, item, time = np.asarray(session), np.asarray(item), np.asarray(time, dtype=np.float64)
+    codes, _ = pd.factorize(session)
+    end = pd.Series(time).groupby(codes).max().to_numpy()
+    order = np.lexsort((time, codes, end[codes]))
+    codes_sorted = codes[order]
+    starts = np.flatnonzero(np.r_[True, codes_sorted[1:] != codes_sorted[:-1]])
+    offsets = np.r_[starts, len(order)].astype(np.int64)
+    return item[order], offsets, end[codes_sorted[starts]]
+
+
+def renumber_by_train(train_items, train_offsets, train_end, others):
+    """Item ids 1..N by first appearance in train; other parts lose unknown items, then sessions < 2.
+    `others`: list of (items, offsets, end). Returns (n_items, train Sessions, [other Sessions])."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(train_items)
+    train = Sessions(codes.astype(np.int64) + 1, train_offsets, train_end)
+    index = pd.Index(uniques)
+    out = []
+    for items, offsets, end in others:
+        mapped = index.get_indexer(items).astype(np.int64) + 1  # 0 = unknown
+        seq_of = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+        keep = mapped > 0
+        lengths = np.bincount(seq_of[keep], minlength=len(offsets) - 1)
+        long_enough = lengths >= 2
+        keep &= long_enough[seq_of]
+        new_offsets = np.r_[0, np.cumsum(lengths[long_enough])].astype(np.int64)
+        out.append(Sessions(mapped[keep], new_offsets, end[long_enough]))
+    return len(uniques), train, out
+
+
+def load_sessionrec(folder) -> LoadedSplits:
+    folder = Path(folder)
+    found = _sessionrec_files(folder)
+    if not found:
+        raise UserError(f"{folder}: session-rec layout needs *_train_full.txt (or *_train_tr.txt and "
+                        "*_train_valid.txt) and *_test.txt")
+    parts = {}
+    for name, p in found.items():
+        df = _read_sessionrec_events(p)
+        parts[name] = events_to_sessions(df["SessionId"].to_numpy(), df["ItemId"].to_numpy(), df["Time"].to_numpy())
+    others = ["test"] + (["valid"] if "valid" in parts else [])
+    n_items, train, rest = renumber_by_train(*parts["train"], [parts[n] for n in others])
+    rest = dict(zip(others, rest))
+    info = {"train_file": found["train"].name, "test_file": found["test"].name}
+    return LoadedSplits("sessionrec", train, rest["test"], n_items, list(found.values()),
+                        valid=rest.get("valid"), info=info)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A user's click log
+
+
+def read_click_log(path, session_col, item_col, time_col, delimiter=","):
+    """A click log as a DataFrame with columns ``session``, ``time`` (UTC datetime, like the raw readers
+    in ``readers.py``) and ``item``, in file order. Times may be numeric unix seconds or ISO-8601."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"click log {path} does not exist")
+    missing = [flag for flag, col in (("--session-col", session_col), ("--item-col", item_col),
+                                      ("--time-col", time_col)) if not col]
+    if missing:
+        raise UserError(f"{path}: a click log needs the column names {', '.join(missing)}")
+    try:
+        header = pd.read_csv(path, sep=delimiter, nrows=0).columns.tolist()
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataFormatError(path, f"cannot read a header with delimiter {delimiter!r} ({e})") from None
+    absent = [c for c in (session_col, item_col, time_col) if c not in header]
+    if absent:
+        raise UserError(f"{path}: column(s) {', '.join(map(repr, absent))} not in the header "
+                        f"{header[:12]} (delimiter {delimiter!r}; see --delimiter)")
+    try:
+        df = pd.read_csv(path, sep=delimiter, usecols=[session_col, item_col, time_col],
+                         dtype={session_col: str, item_col: str})
+    except (ValueError, pd.errors.ParserError) as e:
+        raise DataFormatError(path, f"cannot parse ({e})") from None
+    df = df.rename(columns={session_col: "session", item_col: "item", time_col: "time"})
+    df = df.dropna()
+    if df.empty:
+        raise DataFormatError(path, "holds no complete clicks (session, item and time all present)")
+    df["time"] = _to_utc(path, time_col, df["time"])
+    return df[["session", "time", "item"]].reset_index(drop=True)
+
+
+def _to_utc(path, col, values):
+    import pandas as pd
+
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        return pd.to_datetime(numeric.astype("float64"), unit="s", utc=True)
+    try:
+        return pd.to_datetime(values.astype(str), utc=True, format="ISO8601")
+    except (ValueError, TypeError):
+        bad = values[numeric.isna()].iloc[0]
+        raise DataFormatError(path, f"column {col!r}: {bad!r} is neither unix seconds nor an ISO-8601 time") from None

@@ -1,0 +1,205 @@
+"""Counting baselines, the honest anchors: popularity (pop), session popularity (spop), session kNN (sknn).
+
+Behaviour follows session-rec (rn5l/session-rec, `algorithms/baselines/pop.py`, `spop.py`,
+`algorithms/knn/sknn.py` `ContextKNN`), rewritten vectorised over a whole `Batch`:
+
+- `pop`: score(i) = number of training clicks on i (every click counts, duplicates within a session
+  too — not undercounted per batch as in RecBole#1844). session-rec returns supp/(supp+1): the same order.
+- `spop`: score(i) = count of i in the current prefix + a secondary global-popularity term in [0, 1).
+  session-rec adds supp_i/(supp_i+1); we add the item's popularity *rank* scaled into [0, 1) instead, which
+  orders items identically but stays distinct in float32 (supp/(supp+1) of two popular items collapse).
+  session-rec gives the secondary term only to the top_n=100 popular items; we give it to all, which
+  changes no rank <= 100, so no metric at K <= 100.
+- `sknn` (Jannach & Ludewig 2017, session-rec ContextKNN with sampling='recent', remind=False,
+  pop_boost=0, extend=False): candidate neighbours = training sessions sharing an item with the prefix;
+  if more than `sample_size` (default 500), keep the most recent ones (by session end time); similarity =
+  cosine of binary item sets |P ∩ S| / sqrt(|P| |S|); keep the top `k` (default 100) by similarity (ties:
+  the more recent session first — session-rec leaves them to set iteration order);
+  score(i) = Σ over those neighbours containing i of their similarity.
+  session-rec's `cosine` computes `li / sqrt(la) * sqrt(lb)` (precedence slip: li·sqrt(|P|)/sqrt(|S|));
+  for one prefix that is the true cosine times the constant |P|, so neighbours and ranks are the same.
+  `normalize=True` (divide by the max) likewise does not change ranks. Only training sessions are
+  indexed (`fit`), so an evaluated session is never its own neighbour and never sees its future clicks.
+  V-SKNN (position-decayed prefix weights) could follow as a variant; it is not implemented.
+
+All three are `nn.Module`s with no parameters (`trainable = False`): `fit(train_split)` counts the training
+sessions only (whole sessions, as `make_dataset` stores them), `forward(batch) -> [B, n_items]` float32
+scores for items 1..n_items, deterministic (no random tie-breaking noise: ties are the evaluator's job).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor, nn
+
+from ..data.sessions import Split
+from .registry import BaselineSpec
+
+
+def training_clicks(train: Split, n_items: int) -> np.ndarray:
+    """All clicks of the training sessions, checked against the item range 1..n_items."""
+    items = np.asarray(train.sessions.items, dtype=np.int64)
+    if items.size and (items.min() < 1 or items.max() > n_items):
+        raise ValueError(f"training items must lie in 1..{n_items}; found {items.min()}..{items.max()}")
+    return items
+
+
+class CountingBaseline(nn.Module):
+    """Base: no trainable parameters, `fit` on the training split, scores [B, n_items]."""
+
+    trainable = False
+
+    def __init__(self, n_items: int):
+        super().__init__()
+        self.n_items = int(n_items)
+        self.fitted = False
+
+    def fit(self, train: Split) -> "CountingBaseline":  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(f"{type(self).__name__}: call fit(train_split) before scoring")
+
+
+class Popularity(CountingBaseline):
+    """score(i) = training clicks on i."""
+
+    def __init__(self, n_items: int):
+        super().__init__(n_items)
+        self.register_buffer("counts", torch.zeros(self.n_items))
+
+    def fit(self, train: Split) -> "Popularity":
+        counts = np.bincount(training_clicks(train, self.n_items), minlength=self.n_items + 1)[1:]
+        self.counts = torch.as_tensor(counts, dtype=torch.float32, device=self.counts.device)
+        self.fitted = True
+        return self
+
+    def forward(self, batch) -> Tensor:
+        self._check_fitted()
+        return self.counts.to(batch.x.device).unsqueeze(0).repeat(batch.num_graphs, 1)
+
+
+class SessionPopularity(Popularity):
+    """score(i) = count of i in the prefix + popularity rank of i scaled into [0, 1)."""
+
+    def __init__(self, n_items: int):
+        super().__init__(n_items)
+        self.register_buffer("secondary", torch.zeros(self.n_items))
+
+    def fit(self, train: Split) -> "SessionPopularity":
+        super().fit(train)
+        counts = self.counts.double().cpu().numpy()
+        # Dense rank of the popularity (equal counts share a level, so equal popularity stays a tie).
+        levels, rank = np.unique(counts, return_inverse=True)
+        self.secondary = torch.as_tensor(rank / len(levels), dtype=torch.float32, device=self.counts.device)
+        return self
+
+    def forward(self, batch) -> Tensor:
+        self._check_fitted()
+        scores = self.secondary.to(batch.x.device).unsqueeze(0).repeat(batch.num_graphs, 1)
+        clicked = batch.x[batch.alias] - 1  # item (0-based) of every position
+        ones = torch.ones_like(clicked, dtype=scores.dtype)
+        # Integer-valued sums: exact and order-independent, so deterministic on GPU as well.
+        scores.index_put_((batch.alias_batch, clicked), ones, accumulate=True)
+        return scores
+
+
+def _keep_last_per_row(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+    """Keep the last `keep` stored entries of each row (the largest column ids; indices must be sorted)."""
+    lengths = np.diff(m.indptr)
+    pos = np.arange(m.nnz) - np.repeat(m.indptr[:-1], lengths)
+    mask = pos >= np.repeat(lengths - keep, lengths)
+    indptr = np.zeros_like(m.indptr)
+    np.cumsum(np.minimum(lengths, keep), out=indptr[1:])
+    return sp.csr_matrix((m.data[mask], m.indices[mask], indptr), shape=m.shape)
+
+
+class SessionKNN(CountingBaseline):
+    """Session-based kNN over a sparse session x item matrix (see module docstring)."""
+
+    def __init__(self, n_items: int, k: int = 100, sample_size: int = 500):
+        super().__init__(n_items)
+        if k < 1 or sample_size < 0:
+            raise ValueError(f"sknn needs k >= 1 and sample_size >= 0 (0 = all), got k={k}, sample_size={sample_size}")
+        self.k, self.sample_size = int(k), int(sample_size)
+
+    def fit(self, train: Split) -> "SessionKNN":
+        sessions = train.sessions
+        items = training_clicks(train, self.n_items)
+        n = len(sessions)
+        # Rows in recency order (row r = the r-th session to end), so "most recent" = largest row id.
+        if sessions.end_time is None:
+            self.recency_order = np.arange(n)  # every supported layout stores sessions in time order
+        else:
+            self.recency_order = np.argsort(sessions.end_time, kind="stable")
+        rank_of_session = np.empty(n, dtype=np.int64)
+        rank_of_session[self.recency_order] = np.arange(n)
+        rows = np.repeat(rank_of_session, sessions.lengths)
+        m = sp.csr_matrix((np.ones(len(items)), (rows, items)), shape=(n, self.n_items + 1))
+        m.sum_duplicates()
+        m.data[:] = 1.0  # binary item sets
+        self.session_items = m
+        self.session_size = np.diff(m.indptr).astype(np.float64)
+        item_sessions = m.T.tocsr()
+        item_sessions.sort_indices()
+        # The `sample_size` most recent sessions of the union of the prefix items' sessions are among the
+        # `sample_size` most recent sessions of each item, so per-item truncation loses no candidate.
+        if self.sample_size:
+            item_sessions = _keep_last_per_row(item_sessions, self.sample_size)
+        self.item_sessions = item_sessions
+        self.fitted = True
+        return self
+
+    def _prefix_sets(self, batch) -> sp.csr_matrix:
+        """Binary [B, n_items + 1] item sets of the prefixes (graph nodes are the unique items)."""
+        rows = batch.batch.cpu().numpy()
+        cols = batch.x.cpu().numpy()
+        q = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(batch.num_graphs, self.n_items + 1))
+        q.data[:] = 1.0
+        return q
+
+    def neighbours(self, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k neighbours per example: (example row, recency rank of the training session, similarity),
+        sorted by row, then similarity descending, then recency descending."""
+        self._check_fitted()
+        q = self._prefix_sets(batch)
+        candidates = (q @ self.item_sessions).tocsr()
+        candidates.sort_indices()
+        if self.sample_size:
+            candidates = _keep_last_per_row(candidates, self.sample_size)
+        cand = candidates.tocoo()
+        row, sess = cand.row.astype(np.int64), cand.col.astype(np.int64)
+        overlap = np.asarray(q[row].multiply(self.session_items[sess]).sum(axis=1)).ravel()
+        prefix_size = np.asarray(q.sum(axis=1)).ravel()
+        sim = overlap / np.sqrt(prefix_size[row] * self.session_size[sess])
+        order = np.lexsort((-sess, -sim, row))
+        row, sess, sim = row[order], sess[order], sim[order]
+        starts = np.searchsorted(row, row, side="left")
+        top = (np.arange(len(row)) - starts) < self.k
+        return row[top], sess[top], sim[top]
+
+    def forward(self, batch) -> Tensor:
+        row, sess, sim = self.neighbours(batch)
+        weights = sp.csr_matrix((sim, (row, sess)), shape=(batch.num_graphs, self.session_items.shape[0]))
+        scores = (weights @ self.session_items).toarray()[:, 1:]
+        return torch.from_numpy(scores.astype(np.float32)).to(batch.x.device)
+
+
+SPECS = {
+    "pop": BaselineSpec(
+        build=lambda n_items, cfg: Popularity(n_items),
+        doc="global popularity: training clicks per item",
+    ),
+    "spop": BaselineSpec(
+        build=lambda n_items, cfg: SessionPopularity(n_items),
+        doc="session popularity: clicks in the prefix, global popularity as tie-breaker",
+    ),
+    "sknn": BaselineSpec(
+        build=lambda n_items, cfg: SessionKNN(n_items, cfg["k"], cfg["sample_size"]),
+        defaults=dict(k=100, sample_size=500),
+        doc="session kNN (session-rec ContextKNN): cosine on item sets, 500 most recent candidates, top 100",
+    ),
+}

@@ -1,0 +1,95 @@
+"""Read recorded runs (never retrain): one `RunRecord` per `runs/<run-id>/` folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io import read_json, read_jsonl
+from ..runs import RunDir, collect_results
+
+
+@dataclass
+class RunRecord:
+    run: RunDir
+    config: dict
+    env: dict
+    results: dict  # runs.collect_results(...) of this run
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def dataset(self) -> str:
+        return self.config.get("dataset", {}).get("name", "?")
+
+    @property
+    def kind(self) -> str:
+        return self.config.get("kind", "run")
+
+    @property
+    def sweep(self) -> dict | None:
+        return self.config.get("sweep")
+
+    def hardware(self) -> str:
+        gpu = self.env.get("gpu") or {}
+        name = gpu.get("name") if isinstance(gpu, dict) else gpu
+        cpu = self.env.get("cpu_model") or self.env.get("cpu") or "?"
+        cores = self.env.get("cpu_count") or self.env.get("cores")
+        return f"{name} (GPU)" if name else f"{cpu}" + (f", {cores} cores" if cores else "")
+
+    def ok_models(self) -> list[str]:
+        return [m for m, r in self.results["models"].items() if r["status"] != "failed"]
+
+    def ranks(self, model: str) -> list[dict]:
+        """Per-seed rank records (optimistic, pessimistic, length) of a model."""
+        out = []
+        for seed in self.config.get("seeds", []):
+            r = self.run.unit(model, seed).read_ranks()
+            if r is not None:
+                out.append(r)
+        return out
+
+    def density_rows(self, model: str) -> list[dict]:
+        rows = []
+        for seed in self.config.get("seeds", []):
+            for row in read_jsonl(self.run.unit(model, seed).path / "density.jsonl"):
+                rows.append(dict(row, seed=seed))
+        return rows
+
+
+def load_runs(runs_dir) -> tuple[list[RunRecord], list[str]]:
+    """All readable runs under `runs_dir` (oldest first, by run id) and a list of problems found."""
+    records, problems = [], []
+    root = Path(runs_dir)
+    if not root.exists():
+        return [], [f"no runs folder {root}"]
+    for path in sorted(p for p in root.iterdir() if (p / "config.json").exists()):
+        run = RunDir(path)
+        try:
+            config = read_json(run.config_path)
+            env = read_json(run.env_path) if run.env_path.exists() else {}
+            results = collect_results(run)
+        except Exception as e:  # a broken record is named in the report, never crashes it
+            problems.append(f"{path.name}: unreadable ({type(e).__name__}: {e})")
+            continue
+        records.append(RunRecord(run, config, env, results))
+    return records, problems
+
+
+def latest_with(records, dataset: str, model: str, kind="run", sweep=False) -> RunRecord | None:
+    """The newest run of `kind` on `dataset` in which `model` finished (ok or partial)."""
+    for rec in reversed(records):
+        if rec.kind != kind or rec.dataset != dataset or bool(rec.sweep) != sweep:
+            continue
+        entry = rec.results["models"].get(model)
+        if entry and entry["status"] != "failed":
+            return rec
+    return None
+
+
+def mean_of(values) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")

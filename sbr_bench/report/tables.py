@@ -1,0 +1,158 @@
+"""Tables 1-4 of the paper from recorded runs, as tidy DataFrames (CSV) and formatted Markdown/LaTeX."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..models.registry import TABLE2_ORDER
+from .records import latest_with
+
+HEADLINE = ("HR@20", "MRR@20")
+TABLE3_ENCODERS = ("srgnn", "gcsan", "sgnnhn", "lessr", "dhcn")
+ABLATIONS = ("attenmixer", "attenmixer-M", "attenmixer-IP", "attenmixer-LI", "attenmixer-LP")
+
+
+def datasets_of(records) -> list[str]:
+    return list(dict.fromkeys(r.dataset for r in records if r.kind == "run"))
+
+
+def table1(records) -> pd.DataFrame:
+    """Dataset statistics (the newest recorded run of each dataset)."""
+    rows = []
+    for ds in datasets_of(records):
+        rec = next(r for r in reversed(records) if r.dataset == ds and r.kind == "run")
+        s = rec.config.get("dataset", {}).get("stats", {})
+        rows.append({"dataset": ds, "clicks": s.get("clicks"), "sessions": s.get("sessions"),
+                     "items": s.get("items"), "avg_length": s.get("avg_length"),
+                     "whole_sessions": s.get("whole_sessions"), "run": rec.run_id})
+    return pd.DataFrame(rows)
+
+
+def _metric_rows(records, dataset, models, extra=None):
+    rows = []
+    for model in models:
+        rec = latest_with(records, dataset, model)
+        if rec is None:
+            continue
+        entry = rec.results["models"][model]
+        best = rec.results.get("best", {})
+        for metric in HEADLINE:
+            stat = entry["test"].get(metric)
+            if stat is None:
+                continue
+            sig = entry.get("significance", {}).get(metric, {})
+            rows.append(dict(extra or {}, dataset=dataset, model=model, metric=metric, mean=stat["mean"],
+                             std=stat["std"], seeds=stat["n"], mark=sig.get("mark", ""),
+                             best=best.get(metric, {}).get("model") == model,
+                             best_significant=best.get(metric, {}).get("significant", False),
+                             run=rec.run_id))
+        timing = entry.get("timing", {})
+        if "epoch_median_s" in timing:
+            rows.append(dict(extra or {}, dataset=dataset, model=model, metric="s/epoch",
+                             mean=timing["epoch_median_s"], std=timing.get("epoch_iqr_s", 0.0),
+                             seeds=len(entry["seeds_ok"]), mark="", best=False, best_significant=False,
+                             run=rec.run_id))
+    return rows
+
+
+def table2(records) -> pd.DataFrame:
+    """Accuracy (HR@20, MRR@20: mean, std over seeds, significance mark vs the run's best) and median
+    seconds per training epoch (std column = IQR), per dataset and model."""
+    rows = []
+    for ds in datasets_of(records):
+        names = {m for r in records if r.dataset == ds and r.kind == "run" and not r.sweep for m in r.ok_models()}
+        order = [m for m in TABLE2_ORDER if m in names] + sorted(
+            m for m in names if m not in TABLE2_ORDER and "+" not in m and "-" not in m)
+        rows += _metric_rows(records, ds, order)
+    return pd.DataFrame(rows)
+
+
+def table3(records) -> pd.DataFrame:
+    """Each encoder with its own readout vs with Atten-Mixer; improvement in % of the former."""
+    rows = []
+    for ds in datasets_of(records):
+        for enc in TABLE3_ENCODERS:
+            pair = {}
+            for variant, name in (("original", enc), ("w/ Atten-Mixer", f"{enc}+attenmixer")):
+                for r in _metric_rows(records, ds, [name]):
+                    if r["metric"] in HEADLINE:
+                        pair[(variant, r["metric"])] = r
+            for metric in HEADLINE:
+                a, b = pair.get(("original", metric)), pair.get(("w/ Atten-Mixer", metric))
+                if a and b:
+                    rows.append({"dataset": ds, "encoder": enc, "metric": metric, "original": a["mean"],
+                                 "original_std": a["std"], "with_attenmixer": b["mean"],
+                                 "with_attenmixer_std": b["std"],
+                                 "improvement_pct": 100.0 * (b["mean"] - a["mean"]) / a["mean"] if a["mean"] else float("nan"),
+                                 "runs": ",".join(sorted({a["run"], b["run"]}))})
+    return pd.DataFrame(rows)
+
+
+def table4(records) -> pd.DataFrame:
+    """Atten-Mixer and its ablations (-M, -IP, -LI, -LP)."""
+    rows = []
+    for ds in datasets_of(records):
+        rows += [r for r in _metric_rows(records, ds, ABLATIONS) if r["metric"] in HEADLINE]
+    return pd.DataFrame(rows)
+
+
+def expected_missing(records) -> list[str]:
+    """Runs a full report needs but that are not recorded (named in the report instead of crashing)."""
+    missing = []
+    for ds in datasets_of(records) or ["(any dataset)"]:
+        have = {m for r in records if r.dataset == ds and r.kind == "run" for m in r.ok_models()}
+        for group, names in (("Table 2", TABLE2_ORDER), ("Table 3", [f"{e}+attenmixer" for e in TABLE3_ENCODERS]),
+                             ("Table 4", ABLATIONS)):
+            lacking = [n for n in names if n not in have]
+            if lacking:
+                missing.append(f"{group}, {ds}: no finished run of {', '.join(lacking)}")
+    return missing
+
+
+def cell(mean, std, seeds, mark="", bold=False, digits=2, latex=False) -> str:
+    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if seeds and seeds > 1 else "")
+    if latex:
+        text = text.replace("±", r"$\pm$")
+        text = rf"\textbf{{{text}}}" if bold else text
+        return text + (f"$^{{{mark}}}$" if mark else "")
+    text = f"**{text}**" if bold else text
+    return text + mark.replace("*", r"\*")
+
+
+def wide(df: pd.DataFrame, row_key="model", latex=False) -> pd.DataFrame:
+    """Long metric rows -> one formatted row per model, a column per (dataset, metric)."""
+    if df.empty:
+        return df
+    cells = df.apply(lambda r: cell(r["mean"], r["std"], r["seeds"], r["mark"],
+                                    r["best"] and r["best_significant"], latex=latex), axis=1)
+    out = df.assign(cell=cells).pivot_table(index=row_key, columns=["dataset", "metric"], values="cell",
+                                            aggfunc="first", sort=False)
+    out.columns = [f"{d} {m}" for d, m in out.columns]
+    return out.reset_index().fillna("–")
+
+
+def table3_wide(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty:
+        return df
+    f = df.assign(original=df["original"].map("{:.2f}".format),
+                  with_attenmixer=df["with_attenmixer"].map("{:.2f}".format),
+                  improvement=df["improvement_pct"].map("{:+.2f}%".format))
+    return f[["dataset", "encoder", "metric", "original", "with_attenmixer", "improvement"]]
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_no recorded runs for this table_"
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def to_latex(df: pd.DataFrame, caption: str) -> str:
+    cols = " & ".join(str(c).replace("_", r"\_").replace("@", "@") for c in df.columns)
+    body = "\n".join(" & ".join(str(v).replace("_", r"\_").replace("%", r"\%") for v in row) + r" \\"
+                     for row in df.itertuples(index=False))
+    return (f"\\begin{{table}}[t]\n\\centering\n\\caption{{{caption}}}\n"
+            f"\\begin{{tabular}}{{{'l' * len(df.columns)}}}\n\\toprule\n{cols} \\\\\n\\midrule\n{body}\n"
+            "\\bottomrule\n\\end{tabular}\n\\end{table}\n")

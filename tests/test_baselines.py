@@ -1,0 +1,172 @@
+import math
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from sbr_bench.data.graphs import collate_examples
+from sbr_bench.data.sessions import SessionDataset, Sessions, Split
+from sbr_bench.evaluate import audit_order_invariance, evaluate
+from sbr_bench.models.baselines import Popularity, SessionKNN, SessionPopularity
+from sbr_bench.models.registry import build_model
+
+
+def toy_dataset() -> SessionDataset:
+    """7 items. Items 6 and 7 appear only in valid/test, so a fit that peeks there would score them."""
+    train = Sessions.from_lists([[1, 1, 1, 2], [2, 3], [3, 2, 4], [5, 1]], end_time=[10.0, 20.0, 30.0, 40.0])
+    valid = Sessions.from_lists([[6, 6, 6, 6, 1]], end_time=[50.0])
+    test = Sessions.from_lists([[7, 7, 7, 2], [1, 2, 3], [4, 6]], end_time=[60.0, 70.0, 80.0])
+    return SessionDataset("toy", 7, Split.all_prefixes(train), Split.all_prefixes(valid), Split.all_prefixes(test))
+
+
+def batch_of(split, n_items, index=None):
+    index = np.arange(len(split)) if index is None else np.asarray(index)
+    return collate_examples(split, index, n_items)
+
+
+def pessimistic_hr20(model, ds) -> float:
+    return evaluate(model, ds.test, ds.n_items, batch_size=500).metrics_pessimistic["HR@20"]
+
+
+# --- pop ---------------------------------------------------------------------------------------------------
+
+def test_pop_counts_every_training_click_and_ignores_valid_and_test():
+    ds = toy_dataset()
+    pop = Popularity(ds.n_items).fit(ds.train)
+    scores = pop(batch_of(ds.test, ds.n_items))
+    expected = torch.tensor([4.0, 3.0, 2.0, 1.0, 1.0, 0.0, 0.0])  # item 1: three clicks in one session + one
+    assert scores.shape == (len(ds.test), ds.n_items)
+    assert torch.equal(scores, expected.expand_as(scores))
+
+
+def test_pop_needs_fit_and_checks_item_range():
+    ds = toy_dataset()
+    with pytest.raises(RuntimeError, match="fit"):
+        Popularity(ds.n_items)(batch_of(ds.test, ds.n_items))
+    with pytest.raises(ValueError, match="1..3"):
+        Popularity(3).fit(ds.train)
+
+
+# --- spop --------------------------------------------------------------------------------------------------
+
+def test_spop_ranks_session_items_by_count_then_popularity():
+    # global popularity: 1 > 2 > 3 > 4 = 5 > 6 = 7 = 0
+    train = Sessions.from_lists([[1, 1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3], [4, 4], [5, 5]])
+    test = Split.from_pairs([[4, 3, 4], [5]], [1, 1])
+    model = SessionPopularity(7).fit(Split.all_prefixes(train))
+    scores = model(batch_of(test, 7))
+    s0 = scores[0]
+    # in-session items first (4 twice, then 3 once), then the rest by global popularity
+    order = torch.argsort(s0, descending=True, stable=True).tolist()
+    assert order[:5] == [3, 2, 0, 1, 4]  # 0-based: items 4, 3, 1, 2, 5
+    # the secondary term never outweighs one in-session click: least popular clicked item beats the most popular
+    s1 = scores[1]
+    assert s1[4] > s1[0] and s1[0] > s1[1] > s1[2] > s1[3]
+    assert float(model.secondary.max()) < 1.0
+    # equal popularity stays an exact tie (no noise): items 6 and 7 never clicked
+    assert s0[5] == s0[6] and s1[5] == s1[6]
+    assert torch.equal(scores, model(batch_of(test, 7)))
+
+
+def test_spop_counts_come_from_the_prefix_only():
+    ds = toy_dataset()
+    model = SessionPopularity(ds.n_items).fit(ds.train)
+    scores = model(batch_of(ds.test, ds.n_items))
+    for row, (prefix, target) in enumerate(zip(*ds.test.pairs())):
+        counts = np.bincount(prefix, minlength=ds.n_items + 1)[1:]
+        assert np.array_equal(np.floor(scores[row].numpy()), counts), (prefix, target)
+
+
+# --- sknn --------------------------------------------------------------------------------------------------
+
+def sknn_reference(train_seqs, end_times, prefix, k, sample_size):
+    """Brute-force ContextKNN: candidates share an item; most recent `sample_size`; cosine; top k."""
+    sets, p = [set(s) for s in train_seqs], set(prefix)
+    cand = [j for j, s in enumerate(sets) if s & p]
+    if sample_size and len(cand) > sample_size:
+        cand = sorted(cand, key=lambda j: end_times[j], reverse=True)[:sample_size]
+    sims = [(len(sets[j] & p) / math.sqrt(len(sets[j]) * len(p)), end_times[j], j) for j in cand]
+    sims.sort(key=lambda t: (-t[0], -t[1]))
+    scores = defaultdict(float)
+    for sim, _, j in sims[:k]:
+        for item in sets[j]:
+            scores[item] += sim
+    return scores, {j for _, _, j in sims[:k]}
+
+
+@pytest.mark.parametrize("k,sample_size", [(5, 20), (3, 0), (100, 500)])
+def test_sknn_matches_brute_force(tiny, k, sample_size):
+    train = tiny.train.sessions
+    # Shuffled end times: recency must come from the times, not the storage order.
+    times = np.random.default_rng(1).permutation(len(train)).astype(np.float64)
+    train = Sessions(train.items, train.offsets, times)
+    model = SessionKNN(tiny.n_items, k=k, sample_size=sample_size).fit(Split.all_prefixes(train))
+    index = np.arange(0, len(tiny.test), max(1, len(tiny.test) // 80))
+    batch = batch_of(tiny.test, tiny.n_items, index)
+    scores = model(batch).numpy()
+    rows, ranks, _ = model.neighbours(batch)
+    seqs = train.to_lists()
+    for row, i in enumerate(index):
+        ref, ref_neigh = sknn_reference(seqs, times, tiny.test.prefix(i).tolist(), k, sample_size)
+        expected = np.zeros(tiny.n_items)
+        for item, value in ref.items():
+            expected[item - 1] = value
+        np.testing.assert_allclose(scores[row], expected, rtol=1e-6, atol=1e-6)
+        assert set(model.recency_order[ranks[rows == row]].tolist()) == ref_neigh
+
+
+def test_sknn_recent_sampling_drops_older_better_neighbours():
+    # The oldest session is the most similar (cosine 2/sqrt(6)), but with sample_size=2 only the two newest count.
+    train = Sessions.from_lists([[1, 2, 6], [1, 3], [2, 4]], end_time=[1.0, 2.0, 3.0])
+    test = Split.from_pairs([[1, 2]], [5])
+    sampled = SessionKNN(6, k=10, sample_size=2).fit(Split.all_prefixes(train))
+    everything = SessionKNN(6, k=10, sample_size=0).fit(Split.all_prefixes(train))
+    assert sampled(batch_of(test, 6))[0, 5] == 0.0
+    assert everything(batch_of(test, 6))[0, 5] == pytest.approx(2 / math.sqrt(6))
+
+
+def test_sknn_neighbours_only_from_training_sessions():
+    ds = toy_dataset()
+    model = SessionKNN(ds.n_items).fit(ds.train)
+    batch = batch_of(ds.test, ds.n_items)
+    scores = model(batch)
+    # Item 6 occurs in valid and in test session [4, 6] (the target of prefix [4]), never in train: a
+    # model that indexed valid/test sessions (or the evaluated session itself) would score it.
+    assert torch.all(scores[:, 5] == 0) and torch.all(scores[:, 6] == 0)
+    _, ranks, _ = model.neighbours(batch)
+    assert ranks.max() < len(ds.train.sessions)
+    # prefix [4]: its only neighbour is training session [3, 2, 4] (cosine 1/sqrt(3))
+    row = ds.test.pairs()[0].index([4])
+    expected = np.zeros(ds.n_items)
+    expected[[1, 2, 3]] = 1 / math.sqrt(3)
+    np.testing.assert_allclose(scores[row].numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["pop", "spop", "sknn"])
+def test_baseline_output_contract(tiny, name):
+    model, _ = build_model(name, tiny.n_items)
+    assert model.trainable is False and list(model.parameters()) == []
+    model.fit(tiny.train).eval()
+    batch = batch_of(tiny.test, tiny.n_items, np.arange(37))
+    scores = model(batch)
+    assert scores.shape == (37, tiny.n_items) and scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+    assert torch.equal(scores, model(batch))  # deterministic, no random tie-breaking noise
+    audit = audit_order_invariance(model, tiny.test, tiny.n_items, batch_size=200)
+    assert audit["differing"] == 0
+
+
+def test_sknn_config_reaches_the_model():
+    model, cfg = build_model("sknn", 10, {"k": 7, "sample_size": 0})
+    assert (model.k, model.sample_size) == (7, 0) and cfg["k"] == 7
+
+
+def test_sknn_and_spop_beat_pop_on_synthetic_small():
+    from sbr_bench.data.synthetic import synthetic_dataset
+
+    ds = synthetic_dataset("small", seed=0)
+    hr = {name: pessimistic_hr20(build_model(name, ds.n_items)[0].fit(ds.train), ds)
+          for name in ("pop", "spop", "sknn")}
+    assert hr["sknn"] > hr["pop"] + 10.0, hr
+    assert hr["spop"] > hr["pop"], hr
