@@ -21,6 +21,7 @@ from .sessions import Sessions, make_dataset
 
 SIZES = {
     # name: (items, concepts, sessions, mean session length)
+    "micro": (60, 6, 300, 5.0),  # for end-to-end tests of commands
     "tiny": (200, 12, 1_500, 5.0),
     "small": (1_000, 40, 8_000, 5.0),
     "medium": (5_000, 150, 40_000, 5.0),

@@ -1,0 +1,119 @@
+"""GC-SAN (Xu et al., IJCAI 2019): SR-GNN's gated GNN, then k self-attention blocks over each session.
+
+Encoder: `SRGNNEncoder` (see `srgnn.py`). Readout (`GCSANReadout`), on the session's positions
+H = [h_1..h_n] gathered per session with `to_dense_batch` (sessions are short), k blocks of (paper Eq. 8-10):
+    F = softmax(Q Kᵀ / √d_head) V,  Q = H W_Q, K = H W_K, V = H W_V   (separate q/k/v Linears; padding
+                                                                       keys masked out)
+    E = W_2 dropout(ReLU(W_1 F + b_1)) + b_2 + F                      (point-wise FFN with residual)
+then S_f = ω F^(k)_n + (1 - ω) h_n (last position of the last block, mixed with the last GNN state), and
+dot-product scores against the item table. Multi-head attention splits d into `heads` chunks (default 1
+head, as the paper); there is no output projection (the paper has none).
+
+Config keys (cfg) and compatibility flags:
+- `blocks` (4): k, number of self-attention blocks — johnny12150/GC-SAN's default `k_blocks=4`
+  (the paper varies k from 1 to 6);
+- `heads` (1); `omega` (0.52, hard-coded in johnny12150/GC-SAN; RecBole-GNN uses 0.6);
+- `ffn_dropout` (0.2): dropout inside the FFN, after the ReLU (johnny12150's `Residual` block);
+- `share_blocks_compat` (False): one attention + FFN reused by all k blocks (johnny12150 shares them);
+- `attn_unmasked_compat` (False): no padding mask, as johnny12150 (a comment there says the mask broke
+  training). Padded positions are then zero vectors (the `to_dense_batch` fill) that every query attends
+  to, so a session's scores depend on the longest session in its batch (not batch-invariant);
+- plus the SR-GNN encoder keys `step`, `gate_flip_compat` (johnny12150 uses the flipped gate
+  h' = h - z (h - n), so set it True to reproduce that code), `edge_count_weights`.
+Defaults (johnny12150/GC-SAN pytorch_code/main.py): hidden 120, batch 50, lr 1e-3, decay 0.1 every 3
+epochs, l2 1e-5, step 1, 30 epochs, patience 10.
+
+Figure-2 weight groups: the SR-GNN encoder's groups; readout.query/key/value = each block's q/k/v
+Linears; readout.transform = each block's FFN Linears. ω has no parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import to_dense_batch
+
+from .base import DotScorer, Encoded, Readout
+from .registry import ModelSpec
+from .srgnn import SRGNNEncoder
+
+
+class SelfAttentionBlock(nn.Module):
+    """Scaled dot-product self-attention (no residual around it, as the paper) + residual ReLU FFN."""
+
+    def __init__(self, dim: int, heads: int = 1, ffn_dropout: float = 0.2):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"GC-SAN: dim={dim} is not divisible by heads={heads}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.ffn_in = nn.Linear(dim, dim)
+        self.ffn_out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(ffn_dropout)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        """x [B, T, d]; key_mask [B, T] (True = real position) or None (attend to padding too)."""
+        B, T, d = x.shape
+        dh = d // self.heads
+
+        def split(t):
+            return t.view(B, T, self.heads, dh).transpose(1, 2)  # [B, H, T, dh]
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        logits = q @ k.transpose(-1, -2) / math.sqrt(dh)  # [B, H, T, T]
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        f = (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(B, T, d)
+        return f + self.ffn_out(self.dropout(torch.relu(self.ffn_in(f))))
+
+
+class GCSANReadout(Readout):
+    def __init__(self, dim: int, blocks: int = 4, heads: int = 1, omega: float = 0.52,
+                 ffn_dropout: float = 0.2, share_blocks_compat: bool = False, attn_unmasked_compat: bool = False):
+        super().__init__()
+        n_modules = 1 if share_blocks_compat else blocks
+        self.blocks = nn.ModuleList(SelfAttentionBlock(dim, heads, ffn_dropout) for _ in range(n_modules))
+        self.n_blocks = int(blocks)
+        self.omega = float(omega)
+        self.attn_unmasked_compat = attn_unmasked_compat
+
+    @classmethod
+    def from_cfg(cls, cfg: dict) -> "GCSANReadout":
+        return cls(cfg["dim"], cfg["blocks"], cfg["heads"], cfg["omega"], cfg["ffn_dropout"],
+                   cfg["share_blocks_compat"], cfg["attn_unmasked_compat"])
+
+    def forward(self, enc: Encoded, batch) -> Tensor:
+        B = enc.num_sessions
+        x, mask = to_dense_batch(enc.h, enc.pos_batch, batch_size=B)  # [B, T, d], [B, T]
+        key_mask = None if self.attn_unmasked_compat else mask
+        for i in range(self.n_blocks):
+            x = self.blocks[i % len(self.blocks)](x, key_mask)
+        f_last = x[torch.arange(B, device=x.device), enc.length - 1]
+        return self.omega * f_last + (1 - self.omega) * enc.last_h
+
+    def weight_groups(self):
+        groups: dict[str, list[str]] = {}
+        for i in range(len(self.blocks)):
+            for group, name in (("readout.query", "q"), ("readout.key", "k"), ("readout.value", "v"),
+                                ("readout.transform", "ffn_in"), ("readout.transform", "ffn_out")):
+                groups.setdefault(group, []).append(f"blocks.{i}.{name}")
+        return groups
+
+
+SPECS = {
+    "gcsan": ModelSpec(
+        encoder=lambda n_items, cfg: SRGNNEncoder.from_cfg(cfg),
+        readout=GCSANReadout.from_cfg,
+        scorer=lambda cfg: DotScorer(),
+        defaults=dict(dim=120, batch_size=50, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30,
+                      patience=10, step=1, gate_flip_compat=False, edge_count_weights=False,
+                      blocks=4, heads=1, omega=0.52, ffn_dropout=0.2,
+                      share_blocks_compat=False, attn_unmasked_compat=False),
+        readout_params=("blocks", "heads", "omega", "ffn_dropout", "share_blocks_compat", "attn_unmasked_compat"),
+        doc="GC-SAN: SR-GNN gated GNN, k self-attention blocks, S_f = ω F_n + (1-ω) h_n, dot scores",
+    ),
+}

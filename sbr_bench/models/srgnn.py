@@ -1,0 +1,166 @@
+"""SR-GNN (Wu et al., AAAI 2019): gated graph network over the session graph + soft-attention readout.
+
+Encoder (`SRGNNEncoder`, one `GatedSessionCell` applied `step` times with shared weights), per node v:
+    a_in(v)  = mean_{u -> v} (W_in h_u + b_in)  + b_iah        (SR-GNN's row-normalised A_in)
+    a_out(v) = mean_{v -> w} (W_out h_w + b_out) + b_oah       (SR-GNN's row-normalised A_out)
+    gi = x2h([a_in; a_out]),  gh = h2h(h)                      (3d each: chunks r, z, n)
+    r = σ(gi_r + gh_r),  z = σ(gi_z + gh_z),  n = tanh(gi_n + r ⊙ gh_n)
+    h' = (1 - z) ⊙ n + z ⊙ h                                   (PyTorch GRU convention, as SR-GNN's code)
+The means run over de-duplicated neighbours (`batch.edge_index` is de-duplicated; SR-GNN's adjacency is
+binary), so a node without in-edges gets a_in = b_iah exactly as in the reference code. Positions take
+their node's state: h_t = node_h[batch.alias].
+
+Readout (`SRGNNReadout`, paper Eq. 6-7): α_t = qᵀ σ(W1 h_n + W2 h_t + c) — unnormalised, no softmax,
+as both the paper and the code; s_g = Σ_t α_t h_t; hybrid s_h = W3 [s_g; h_n] (`nonhybrid` uses s_g).
+Scores are dot products with the item table (`DotScorer`).
+
+Config keys (cfg) and compatibility flags:
+- `step` (1): gated-GNN steps;
+- `nonhybrid` (False): session vector = s_g only (SR-GNN's `--nonhybrid`);
+- `gate_flip_compat` (False): h' = (1 - z) ⊙ h + z ⊙ n, the flipped convention of RecBole-GNN's
+  SRGNNCell and johnny12150's GC-SAN (same family of functions, differently parameterised);
+- `edge_count_weights` (False): weight neighbours by how often the transition occurs (`edge_count`)
+  instead of SR-GNN's binary adjacency;
+- `dropout` (0.0): dropout on the item embeddings entering the GNN (SR-GNN has none).
+Defaults follow CRIPAC-DIG/SR-GNN pytorch_code/main.py: hidden 100, batch 100, Adam lr 1e-3, l2 1e-5,
+StepLR(3, 0.1), step 1, 30 epochs, patience 10 (here with the registry's semantics: epochs without a
+validation improvement; the reference counts bad epochs cumulatively and selects on test).
+
+Figure-2 weight groups: gnn.propagation = edge_in, edge_out; gnn.gate_ih = x2h; gnn.gate_hh = h2h;
+readout.query = W1 (last item), readout.key = W2, readout.other = q, readout.transform = W3.
+The post-aggregation biases b_iah/b_oah are bias vectors (no weight matrix), so they are in no group.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import scatter
+
+from .base import DotScorer, Encoded, Encoder, Readout
+from .registry import ModelSpec
+
+
+class GatedSessionCell(nn.Module):
+    """One SR-GNN gated-GNN step over a (batched) session graph; reused by GC-SAN and SGNN-HN."""
+
+    def __init__(self, dim: int, gate_flip_compat: bool = False, edge_count_weights: bool = False):
+        super().__init__()
+        self.edge_in = nn.Linear(dim, dim)
+        self.edge_out = nn.Linear(dim, dim)
+        # SR-GNN adds these after aggregation, so isolated nodes still get a bias (RecBole drops them).
+        self.b_iah = nn.Parameter(torch.zeros(dim))
+        self.b_oah = nn.Parameter(torch.zeros(dim))
+        self.x2h = nn.Linear(2 * dim, 3 * dim)
+        self.h2h = nn.Linear(dim, 3 * dim)
+        self.gate_flip_compat = gate_flip_compat
+        self.edge_count_weights = edge_count_weights
+
+    def aggregate(self, h: Tensor, edge_index: Tensor, edge_count: Tensor | None) -> Tensor:
+        """[a_in; a_out]: weighted means of transformed neighbour states (SR-GNN's A_in, A_out)."""
+        n = h.size(0)
+        src, dst = edge_index
+        if self.edge_count_weights and edge_count is not None:
+            w = edge_count.to(h.dtype)
+        else:
+            w = h.new_ones(src.numel())
+        # Transform nodes first (fewer nodes than edges), then gather along edges.
+        msg_in = self.edge_in(h)[src] * w[:, None]
+        msg_out = self.edge_out(h)[dst] * w[:, None]
+        deg_in = scatter(w, dst, dim=0, dim_size=n, reduce="sum").clamp(min=1.0)
+        deg_out = scatter(w, src, dim=0, dim_size=n, reduce="sum").clamp(min=1.0)
+        a_in = scatter(msg_in, dst, dim=0, dim_size=n, reduce="sum") / deg_in[:, None] + self.b_iah
+        a_out = scatter(msg_out, src, dim=0, dim_size=n, reduce="sum") / deg_out[:, None] + self.b_oah
+        return torch.cat([a_in, a_out], dim=-1)
+
+    def forward(self, h: Tensor, edge_index: Tensor, edge_count: Tensor | None = None) -> Tensor:
+        gi = self.x2h(self.aggregate(h, edge_index, edge_count))
+        gh = self.h2h(h)
+        i_r, i_z, i_n = gi.chunk(3, dim=-1)
+        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        if self.gate_flip_compat:
+            return (1 - z) * h + z * n
+        return (1 - z) * n + z * h
+
+    @staticmethod
+    def groups(prefix: str) -> dict[str, list[str]]:
+        return {
+            "gnn.propagation": [f"{prefix}edge_in", f"{prefix}edge_out"],
+            "gnn.gate_ih": [f"{prefix}x2h"],
+            "gnn.gate_hh": [f"{prefix}h2h"],
+        }
+
+
+class SRGNNEncoder(Encoder):
+    """Item embeddings -> `step` gated-GNN steps (shared weights) -> per-position node states."""
+
+    def __init__(self, dim: int, step: int = 1, dropout: float = 0.0, gate_flip_compat: bool = False,
+                 edge_count_weights: bool = False):
+        super().__init__()
+        self.step = int(step)
+        self.dropout = nn.Dropout(dropout)
+        self.cell = GatedSessionCell(dim, gate_flip_compat, edge_count_weights)
+
+    @classmethod
+    def from_cfg(cls, cfg: dict) -> "SRGNNEncoder":
+        return cls(cfg["dim"], cfg["step"], cfg["dropout"], cfg["gate_flip_compat"], cfg["edge_count_weights"])
+
+    def propagate(self, batch, embedding: nn.Embedding) -> tuple[Tensor, Tensor]:
+        """(initial node states, node states after `step` steps)."""
+        h0 = self.dropout(embedding(batch.x))
+        h = h0
+        for _ in range(self.step):
+            h = self.cell(h, batch.edge_index, batch.edge_count)
+        return h0, h
+
+    def forward(self, batch, embedding):
+        _, node_h = self.propagate(batch, embedding)
+        return Encoded(node_h[batch.alias], batch.alias_batch, batch.last, batch.length, node_h=node_h)
+
+    def weight_groups(self):
+        return GatedSessionCell.groups("cell.")
+
+
+class SRGNNReadout(Readout):
+    """Unnormalised soft attention with the last item as query, then the hybrid transform."""
+
+    def __init__(self, dim: int, nonhybrid: bool = False):
+        super().__init__()
+        self.linear_one = nn.Linear(dim, dim)  # W1, applied to the last item (query)
+        self.linear_two = nn.Linear(dim, dim)  # W2, applied to every position (key)
+        self.linear_three = nn.Linear(dim, 1, bias=False)  # q
+        self.nonhybrid = nonhybrid
+        # Only built when used, so that every parameter of the model receives a gradient.
+        self.linear_transform = None if nonhybrid else nn.Linear(2 * dim, dim)  # W3
+
+    def forward(self, enc: Encoded, batch) -> Tensor:
+        last_h = enc.last_h
+        pre = self.linear_one(last_h)[enc.pos_batch] + self.linear_two(enc.h)
+        alpha = self.linear_three(torch.sigmoid(pre))  # [P, 1], no softmax (paper Eq. 6, reference code)
+        s_g = scatter(alpha * enc.h, enc.pos_batch, dim=0, dim_size=enc.num_sessions, reduce="sum")
+        if self.nonhybrid:
+            return s_g
+        return self.linear_transform(torch.cat([s_g, last_h], dim=-1))
+
+    def weight_groups(self):
+        groups = {"readout.query": ["linear_one"], "readout.key": ["linear_two"],
+                  "readout.other": ["linear_three"]}
+        if not self.nonhybrid:
+            groups["readout.transform"] = ["linear_transform"]
+        return groups
+
+
+SPECS = {
+    "srgnn": ModelSpec(
+        encoder=lambda n_items, cfg: SRGNNEncoder.from_cfg(cfg),
+        readout=lambda cfg: SRGNNReadout(cfg["dim"], cfg["nonhybrid"]),
+        scorer=lambda cfg: DotScorer(),
+        defaults=dict(dim=100, batch_size=100, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30,
+                      patience=10, step=1, nonhybrid=False, gate_flip_compat=False, edge_count_weights=False),
+        readout_params=("nonhybrid",),
+        doc="SR-GNN: gated GNN over the session graph, unnormalised soft-attention readout, dot scores",
+    ),
+}
