@@ -1,0 +1,229 @@
+"""DHCN (Xia et al., AAAI 2021): hypergraph convolution over a global item hypergraph + self-supervision.
+
+Encoder (`DHCNEncoder`):
+- `prepare(train)` builds the item hypergraph from the TRAINING split only: each hyperedge is the set of
+  unique items of one training session (cfg `hyperedges="sessions"`, the paper: "each session is a
+  hyperedge") or of one augmented training prefix (`hyperedges="prefixes"`, what the reference feeds it:
+  `data[0]` of the augmented train pickle, so a session of n clicks gives n-1 nested hyperedges, and its
+  last click only counts if it occurred earlier; a training split read from (prefix, target) pairs
+  stores each pair as its own session, so there "sessions" means prefix + target). All hyperedges have
+  weight 1. The operator
+  A = D^-1 H B^-1 H^T (item degrees D, hyperedge sizes B; items never seen in training get a zero row)
+  is kept as a sparse COO buffer (not saved in checkpoints: call `prepare` again after loading).
+  `hyper_min_weight` drops entries below it (the reference uses 0.05 on Nowplaying only; default 0).
+- hypergraph channel, weight-free: X^(l+1) = A X^(l) for `layers` layers from X^(0) = the item embeddings;
+  X_h = mean of X^(0..L) (`layer_pool="mean"`, the paper's 1/(L+1) sum; the reference sums them:
+  `layer_pool="sum"`). Positions take X_h rows via the alias; scores use X_h (`Encoded.items`), not the
+  raw table.
+- line-graph channel, training only: each session of the batch is a node, edges weighted by the Jaccard
+  overlap of the sessions' item sets, Θ^(l+1) = D^-1 (A_J + I) Θ^(l) from Θ^(0) = the mean raw embedding
+  of the session's clicks, `layers` layers pooled like X_h. Its output goes to `Encoded.extras["line"]`;
+  it never enters the scores (and is not computed at all in eval mode).
+
+Readout (`DHCNReadout`, the paper's soft attention with reversed position embeddings):
+- p_i: position embedding counted from the end (index 0 = last click), table of `max_len` rows;
+- z_i = tanh(W1 [p_i ; x_i] + b); g_i = sigmoid(W_g1 z_i + c + W_g2 s*), s* = mean of the session's x_i;
+- β_i = w2^T g_i, no softmax (as the paper and the reference); θ = sum_i β_i x_i.
+  (The reference's W1 has no bias; the paper's has b: we follow the paper.)
+- SSL (training only, when the encoder supplied the line-graph embeddings): the paper's DGI-style binary
+  contrast with one corrupted negative, loss = -log σ(θ_h·θ_l) - log(1 - σ(θ_l·θ̃_h)) where θ̃_h is θ_h with
+  rows and columns shuffled, times `beta_ssl`. The paper writes it per session; we average over the batch
+  (`ssl_reduction="mean"`); the reference sums over the batch (`ssl_reduction="sum"`, which makes
+  beta_ssl effectively batch_size times larger). The readout stores it in `enc.aux_loss`, which
+  `SBRModel.loss` adds to the cross-entropy. So the SSL term exists only when the DHCN encoder (which
+  supplies the line graph) and the DHCN readout (which makes θ_h) are used together.
+
+In eval mode under `torch.no_grad()`, X_h is computed once and reused until the embedding changes
+(keyed on the weight's version counter), so evaluating many batches costs one convolution.
+
+Defaults: dim 100, batch 100, Adam lr 1e-3 without weight decay (the reference ignores its l2 flag) and
+without LR decay, 3 layers, beta_ssl 0.01 (Diginetica; 0.02 for Tmall), 30 epochs, init U(±1/√d).
+
+Figure-2 weight groups: the GNN has no weights at all. Readout: readout.query = glu2 (W_g2, reads the
+session summary s*, the analogue of SR-GNN's last-item query), readout.key = W1 and glu1 (W_g1) (the
+position-aware per-click path), readout.other = w2 (the scoring vector, like SR-GNN's linear_three).
+There is no transformation layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.utils import scatter
+
+from ..errors import UserError
+from .base import DotScorer, Encoded, Encoder, Readout
+from .registry import ModelSpec
+
+LAYER_POOLS = ("mean", "sum")
+HYPEREDGES = ("sessions", "prefixes")
+SSL_REDUCTIONS = ("mean", "sum")
+
+
+def _check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise UserError(f"--set {key}={value}: DHCN accepts {key} in {', '.join(choices)}")
+
+
+def hyperedge_items(train, hyperedges: str = "sessions") -> tuple[np.ndarray, np.ndarray]:
+    """(hyperedge id, item id) of every click in every hyperedge of the training split (duplicates kept)."""
+    sessions = train.sessions
+    if hyperedges == "sessions":
+        lengths = sessions.lengths
+        return np.repeat(np.arange(len(sessions), dtype=np.int64), lengths), sessions.items
+    lengths = train.ex_len.astype(np.int64)
+    starts = sessions.offsets[train.ex_seq]
+    ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=ptr[1:])
+    gather = np.repeat(starts - ptr[:-1], lengths) + np.arange(ptr[-1], dtype=np.int64)
+    return np.repeat(np.arange(len(lengths), dtype=np.int64), lengths), sessions.items[gather]
+
+
+def hypergraph_operator(edge_ids: np.ndarray, items: np.ndarray, n_items: int,
+                        min_weight: float = 0.0) -> sp.coo_matrix:
+    """A = D^-1 H B^-1 H^T over items 1..n_items (row/col j = item j+1), hyperedges of unit weight."""
+    if items.size and (items.min() < 1 or items.max() > n_items):
+        raise ValueError(f"training items must lie in 1..{n_items}, got {items.min()}..{items.max()}")
+    n_edges = int(edge_ids.max()) + 1 if edge_ids.size else 0
+    h_t = sp.csr_matrix((np.ones(len(items)), (edge_ids, items - 1)), shape=(n_edges, n_items))
+    h_t.sum_duplicates()
+    h_t.data[:] = 1.0  # incidence: an item is in a hyperedge or not
+    edge_size = np.asarray(h_t.sum(axis=1)).ravel()
+    item_degree = np.asarray(h_t.sum(axis=0)).ravel()
+    inv_b = np.divide(1.0, edge_size, out=np.zeros_like(edge_size), where=edge_size > 0)
+    inv_d = np.divide(1.0, item_degree, out=np.zeros_like(item_degree), where=item_degree > 0)
+    a = sp.diags(inv_d) @ (h_t.T @ sp.diags(inv_b) @ h_t)
+    a = a.tocoo()
+    if min_weight > 0:
+        keep = a.data >= min_weight
+        a = sp.coo_matrix((a.data[keep], (a.row[keep], a.col[keep])), shape=a.shape)
+    return a
+
+
+def _pool_layers(layers: list[Tensor], how: str) -> Tensor:
+    total = torch.stack(layers).sum(0)
+    return total / len(layers) if how == "mean" else total
+
+
+class DHCNEncoder(Encoder):
+    def __init__(self, n_items: int, layers: int = 3, layer_pool: str = "mean", hyperedges: str = "sessions",
+                 min_weight: float = 0.0):
+        super().__init__()
+        _check_choice("layer_pool", layer_pool, LAYER_POOLS)
+        _check_choice("hyperedges", hyperedges, HYPEREDGES)
+        self.n_items, self.layers = n_items, int(layers)
+        self.layer_pool, self.hyperedges, self.min_weight = layer_pool, hyperedges, min_weight
+        self.register_buffer("adjacency", None, persistent=False)
+        self._cache = None  # (key, X_h) in eval mode without grad
+
+    def prepare(self, train) -> None:
+        edge_ids, items = hyperedge_items(train, self.hyperedges)
+        a = hypergraph_operator(edge_ids, items, self.n_items, self.min_weight)
+        index = torch.from_numpy(np.stack([a.row, a.col]).astype(np.int64))
+        device = self.adjacency.device if self.adjacency is not None else torch.device("cpu")
+        self.adjacency = torch.sparse_coo_tensor(
+            index, torch.from_numpy(a.data.astype(np.float32)), a.shape, check_invariants=True).coalesce().to(device)
+        self._cache = None
+
+    def convolved_items(self, weight: Tensor) -> Tensor:
+        """X_h [N, d] for items 1..N from the raw table rows 1..N."""
+        if self.adjacency is None:
+            raise RuntimeError("DHCN: call model.prepare(train_split) before forward; the item hypergraph "
+                               "is built from the training data only")
+        key = (weight.data_ptr(), weight._version, id(self.adjacency))
+        if not self.training and not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        x = weight[1:]
+        outs = [x]
+        for _ in range(self.layers):
+            x = torch.sparse.mm(self.adjacency, x)
+            outs.append(x)
+        x_h = _pool_layers(outs, self.layer_pool)
+        self._cache = (key, x_h) if not self.training and not torch.is_grad_enabled() else None
+        return x_h
+
+    def line_graph_sessions(self, batch, weight: Tensor) -> Tensor:
+        """Line-graph channel: session embeddings [B, d] smoothed over the batch's Jaccard overlaps."""
+        B = int(batch.num_graphs)
+        theta = scatter(weight[batch.x][batch.alias], batch.alias_batch, dim=0, dim_size=B, reduce="mean")
+        _, item_col = torch.unique(batch.x, return_inverse=True)
+        member = torch.zeros(B, int(item_col.max()) + 1, device=weight.device)
+        member[batch.batch, item_col] = 1.0  # nodes are the unique items of each session
+        inter = member @ member.t()
+        size = member.sum(1)
+        jaccard = inter / (size[:, None] + size[None, :] - inter)  # diagonal = 1 = A_J's zero + I
+        propagate = jaccard / jaccard.sum(1, keepdim=True)
+        outs = [theta]
+        for _ in range(self.layers):
+            theta = propagate @ theta
+            outs.append(theta)
+        return _pool_layers(outs, self.layer_pool)
+
+    def forward(self, batch, embedding: nn.Embedding) -> Encoded:
+        x_h = self.convolved_items(embedding.weight)
+        node_h = x_h[batch.x - 1]
+        enc = Encoded(node_h[batch.alias], batch.alias_batch, batch.last, batch.length, node_h=node_h, items=x_h)
+        if self.training:
+            enc.extras["line"] = self.line_graph_sessions(batch, embedding.weight)
+        return enc
+
+
+class DHCNReadout(Readout):
+    """Soft attention with reversed position embeddings and a session-mean gate (no softmax)."""
+
+    def __init__(self, dim: int, max_len: int = 200, beta_ssl: float = 0.01, ssl_reduction: str = "mean"):
+        super().__init__()
+        _check_choice("ssl_reduction", ssl_reduction, SSL_REDUCTIONS)
+        self.max_len, self.beta_ssl, self.ssl_reduction = int(max_len), float(beta_ssl), ssl_reduction
+        self.pos_embedding = nn.Embedding(self.max_len, dim)
+        self.w1 = nn.Linear(2 * dim, dim)
+        self.glu1 = nn.Linear(dim, dim)
+        self.glu2 = nn.Linear(dim, dim, bias=False)
+        self.w2 = nn.Linear(dim, 1, bias=False)
+
+    def forward(self, enc: Encoded, batch) -> Tensor:
+        B = enc.num_sessions
+        if int(enc.length.max()) > self.max_len:
+            raise UserError(f"DHCN: a session has {int(enc.length.max())} clicks but the position table has "
+                            f"max_len={self.max_len} rows; raise it with --set max_len=...")
+        # Position counted from the end of the session: 0 = last click (the reference reverses sessions).
+        reverse_pos = enc.last[enc.pos_batch] - torch.arange(enc.h.shape[0], device=enc.h.device)
+        x = enc.h
+        mean = scatter(x, enc.pos_batch, dim=0, dim_size=B, reduce="mean")
+        z = torch.tanh(self.w1(torch.cat([self.pos_embedding(reverse_pos), x], dim=-1)))
+        beta = self.w2(torch.sigmoid(self.glu1(z) + self.glu2(mean)[enc.pos_batch]))
+        theta = scatter(beta * x, enc.pos_batch, dim=0, dim_size=B, reduce="sum")
+        if self.training and "line" in enc.extras and self.beta_ssl:
+            enc.aux_loss = self.beta_ssl * self.ssl_loss(theta, enc.extras["line"])
+        return theta
+
+    def ssl_loss(self, theta_h: Tensor, theta_l: Tensor) -> Tensor:
+        """DGI-style contrast: true (hypergraph, line-graph) pairs vs a row- and column-shuffled θ_h."""
+        corrupted = theta_h[torch.randperm(theta_h.shape[0], device=theta_h.device)]
+        corrupted = corrupted[:, torch.randperm(theta_h.shape[1], device=theta_h.device)]
+        pos = (theta_h * theta_l).sum(-1)
+        neg = (theta_l * corrupted).sum(-1)
+        per_session = -F.logsigmoid(pos) - F.logsigmoid(-neg)
+        return per_session.mean() if self.ssl_reduction == "mean" else per_session.sum()
+
+    def weight_groups(self) -> dict[str, list[str]]:
+        return {"readout.query": ["glu2"], "readout.key": ["w1", "glu1"], "readout.other": ["w2"]}
+
+
+SPECS = {
+    "dhcn": ModelSpec(
+        encoder=lambda n_items, cfg: DHCNEncoder(n_items, cfg["layers"], cfg["layer_pool"], cfg["hyperedges"],
+                                                 cfg["hyper_min_weight"]),
+        readout=lambda cfg: DHCNReadout(cfg["dim"], cfg["max_len"], cfg["beta_ssl"], cfg["ssl_reduction"]),
+        scorer=lambda cfg: DotScorer(),
+        defaults=dict(dim=100, batch_size=100, lr=1e-3, l2=0.0, lr_decay=1.0, epochs=30, layers=3,
+                      layer_pool="mean", hyperedges="sessions", hyper_min_weight=0.0, max_len=200,
+                      beta_ssl=0.01, ssl_reduction="mean"),
+        readout_params=("max_len", "beta_ssl", "ssl_reduction"),
+        doc="DHCN (AAAI 2021): weight-free hypergraph convolution over the training item hypergraph, "
+            "position-aware soft attention, line-graph self-supervision in training",
+    ),
+}

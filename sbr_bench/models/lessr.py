@@ -1,0 +1,275 @@
+"""LESSR (Chen & Wong, KDD 2020): EOPA and SGAT layers over each session's graphs, attention readout.
+
+Encoder (`LESSREncoder`, needs the collate's extra graphs "eop" and "shortcut"):
+- item vectors are looked up from the embedding table renormalised to `max_norm` (LESSR's
+  `nn.Embedding(max_norm=1)`), see "max_norm" below;
+- `num_layers` layers alternate EOPA (even index, over `batch.eop_edge_index`: every transition, time order,
+  duplicates kept) and SGAT (odd index, over `batch.sc_edge_index`: shortcut edges i -> j for positions
+  i <= j, self-loops included). Each layer's d-dim output is concatenated *in front of* its input
+  (DenseNet style), so layer i reads width d*(i+1) and the encoder's node states have width d*(L+1);
+- EOPA: BatchNorm -> for each node a GRU runs over its incoming messages (dropout of the source features)
+  in edge (time) order; its last state is `neigh` (zeros for nodes without in-edges);
+  out = PReLU(fc_self(x) + fc_neigh(neigh)), both bias-free, x the BatchNormed features without dropout
+  (as the reference: its dropout only touches the messages). The GRU is written as two Linears
+  (`x2h`, `h2h`, gate order r, z, n like `nn.GRU`) so SparseVD can measure gnn.gate_ih / gnn.gate_hh.
+  Vectorised: edges are stably sorted by destination (edge id = time breaks ties), nodes ranked by
+  in-degree, and one GRU step per time slot updates only the nodes that still have messages
+  (the `pack_padded_sequence` idea without the padding);
+- SGAT: BatchNorm -> dropout -> q = fc_q(x) (bias), k = fc_k(x), v = fc_v(x);
+  e_uv = fc_e(sigmoid(q_u + k_v)) per shortcut edge u -> v, softmax over each destination's incoming
+  edges (`torch_geometric.utils.softmax`), out_v = PReLU(sum_u a_uv v_u).
+
+Readout (`LESSRReadout`), over NODES (unique items) like the reference, not positions:
+- AttnReadout: BatchNorm -> dropout -> e_i = fc_e(sigmoid(fc_u x_i + fc_v x_last)), softmax within each
+  session, s_g = PReLU(fc_out(sum_i a_i x_i));
+- session vector sr = fc_sr(dropout(BatchNorm([x_last ; s_g]))), bias-free, where x_last is the
+  (un-normalised) state of the session's last node. Scores: sr . e_j against the renormalised table.
+
+max_norm: the reference's `nn.Embedding(max_norm=1)` rescales looked-up rows *in place* in the weight
+(inside autograd-invisible no_grad), which also rescales the whole table when it computes the logits.
+Here nothing is mutated: every forward rescales the table functionally, row_j * min(1, max_norm/|row_j|),
+with the scale factor detached (as torch does, the norm is not differentiated). Used rows therefore
+always have norm <= max_norm, exactly as in the reference. The spec's init projects the stored rows onto
+the ball once (what the reference's first forward does), so stored and used rows agree from the start;
+afterwards stored rows may drift past max_norm (the reference projects them again at every forward), a
+small difference in optimisation only. `max_norm=0` disables it.
+
+Defaults (cfg keys): the LESSR README suggests d=32 (Diginetica), 64 (Gowalla), 128 (Last.fm), all with
+4 layers; we default to d=64 (also RecBole-GNN's setting) and num_layers=4, feat_drop=0.2, AdamW
+(lr 1e-3, weight decay 1e-4 via `l2`), batch 512, patience 2, no LR decay. The reference exempts bias,
+BatchNorm and PReLU parameters from weight decay; that is the trainer's business, not the model's.
+The reference keeps PyTorch's default initialisation (embedding N(0,1) before renorm, BatchNorm 1/0,
+PReLU 0.25), so this spec's `init` keeps it too (apart from the one-off projection above).
+
+Figure-2 weight groups: gnn.propagation = EOPA fc_neigh + SGAT fc_q/fc_k/fc_v/fc_e; gnn.gate_ih /
+gnn.gate_hh = EOPA x2h / h2h; gnn.other = EOPA fc_self; readout.query = fc_v (reads the last node),
+readout.key = fc_u, readout.other = fc_e, readout.transform = fc_out + fc_sr.
+
+Composition: the readout expects node states of width dim*(num_layers+1), so "X+lessr" only works with
+an encoder of that width (a clear error says so otherwise).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import scatter, softmax
+
+from ..errors import UserError
+from .base import DotScorer, Encoded, Encoder, Readout
+from .registry import ModelSpec
+
+
+def renormalised_table(weight: Tensor, max_norm: float) -> Tensor:
+    """Rows scaled to norm <= max_norm without touching the stored weight (scale not differentiated)."""
+    if not max_norm:
+        return weight
+    norms = weight.detach().norm(dim=-1, keepdim=True)
+    scale = (max_norm / (norms + 1e-7)).clamp(max=1.0)
+    return weight * scale
+
+
+class GRUGates(nn.Module):
+    """One GRU step with the input and hidden projections as separate Linears (nn.GRU's gate order r, z, n)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.x2h = nn.Linear(dim, 3 * dim)
+        self.h2h = nn.Linear(dim, 3 * dim)
+
+    def step(self, gx: Tensor, h: Tensor) -> Tensor:
+        """gx = x2h(x) precomputed for the step's inputs; h the previous states."""
+        gh = self.h2h(h)
+        xr, xz, xn = gx.chunk(3, dim=-1)
+        hr, hz, hn = gh.chunk(3, dim=-1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h
+
+
+def last_gru_state(gru: GRUGates, feat: Tensor, edge_index: Tensor) -> Tensor:
+    """For every node, the final GRU state over its incoming messages feat[src] in edge-id order
+    (zeros for nodes without in-edges). One step per time slot over the nodes still receiving."""
+    n, dim = feat.shape
+    src, dst = edge_index
+    if src.numel() == 0:
+        return feat.new_zeros(n, dim)
+    dst_sorted, edge_order = torch.sort(dst, stable=True)  # stable: edge id (time) order within a node
+    src_sorted = src[edge_order]
+    deg = torch.bincount(dst, minlength=n)
+    first_edge = torch.cumsum(deg, 0) - deg  # start of each node's run in the sorted edges
+    slot = torch.arange(src.numel(), device=src.device) - first_edge[dst_sorted]
+
+    # Rank receiving nodes by in-degree (descending): at step t the active nodes are a prefix.
+    node_rank = torch.sort(deg, descending=True, stable=True).indices
+    n_active = int((deg > 0).sum())
+    node_rank = node_rank[:n_active]
+    rank_deg = deg[node_rank]
+    rank_of_node = torch.empty(n, dtype=torch.long, device=src.device)
+    rank_of_node[node_rank] = torch.arange(n_active, device=src.device)
+    steps = int(rank_deg[0])
+    grid = torch.full((n_active, steps), -1, dtype=torch.long, device=src.device)
+    grid[rank_of_node[dst_sorted], slot] = torch.arange(src.numel(), device=src.device)
+    # active[t] = number of nodes with more than t messages
+    active = (rank_deg.unsqueeze(1) > torch.arange(steps, device=src.device)).sum(0).tolist()
+
+    gx = gru.x2h(feat[src_sorted])  # input projections of all messages at once
+    h = feat.new_zeros(n_active, dim)
+    finished = []  # states of nodes whose messages ran out, in reverse rank order
+    for t in range(steps):
+        k = active[t]
+        if k < h.shape[0]:
+            finished.append(h[k:])
+        h = gru.step(gx[grid[:k, t]], h[:k])
+    finished.append(h)
+    states = torch.cat(finished[::-1], dim=0)
+    return feat.new_zeros(n, dim).index_copy(0, node_rank, states)
+
+
+class EOPA(nn.Module):
+    """Edge-order preserving aggregation over the EOP multigraph."""
+
+    def __init__(self, in_dim: int, out_dim: int, feat_drop: float):
+        super().__init__()
+        self.batch_norm = nn.BatchNorm1d(in_dim)
+        self.feat_drop = nn.Dropout(feat_drop)
+        self.gru = GRUGates(in_dim)
+        self.fc_self = nn.Linear(in_dim, out_dim, bias=False)
+        self.fc_neigh = nn.Linear(in_dim, out_dim, bias=False)
+        self.activation = nn.PReLU(out_dim)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        x = self.batch_norm(x)
+        # As the reference: dropout on the messages only; the self term sees the undropped features.
+        neigh = last_gru_state(self.gru, self.feat_drop(x), edge_index)
+        return self.activation(self.fc_self(x) + self.fc_neigh(neigh))
+
+
+class SGAT(nn.Module):
+    """Shortcut graph attention: every earlier item attends directly to later ones."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, feat_drop: float):
+        super().__init__()
+        self.batch_norm = nn.BatchNorm1d(in_dim)
+        self.feat_drop = nn.Dropout(feat_drop)
+        self.fc_q = nn.Linear(in_dim, hidden_dim, bias=True)
+        self.fc_k = nn.Linear(in_dim, hidden_dim, bias=False)
+        self.fc_v = nn.Linear(in_dim, out_dim, bias=False)
+        self.fc_e = nn.Linear(hidden_dim, 1, bias=False)
+        self.activation = nn.PReLU(out_dim)
+
+    def attention(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        """Edge weights [E], softmax-normalised over each destination's incoming edges (x already normed)."""
+        src, dst = edge_index
+        e = self.fc_e(torch.sigmoid(self.fc_q(x)[src] + self.fc_k(x)[dst])).squeeze(-1)
+        return softmax(e, dst, num_nodes=x.shape[0])
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        x = self.feat_drop(self.batch_norm(x))
+        a = self.attention(x, edge_index)
+        src, dst = edge_index
+        out = scatter(self.fc_v(x)[src] * a.unsqueeze(-1), dst, dim=0, dim_size=x.shape[0], reduce="sum")
+        return self.activation(out)
+
+
+class LESSREncoder(Encoder):
+    extra_graphs = ("eop", "shortcut")
+
+    def __init__(self, dim: int, num_layers: int = 4, feat_drop: float = 0.2, max_norm: float = 1.0):
+        super().__init__()
+        self.max_norm = max_norm
+        self.layers = nn.ModuleList()
+        width = dim
+        for i in range(num_layers):
+            layer = EOPA(width, dim, feat_drop) if i % 2 == 0 else SGAT(width, dim, dim, feat_drop)
+            self.layers.append(layer)
+            width += dim
+        self.out_dim = width
+
+    def forward(self, batch, embedding: nn.Embedding) -> Encoded:
+        for key in ("eop_edge_index", "sc_edge_index"):
+            if key not in batch:
+                raise ValueError(f"LESSR needs batch.{key}: collate with extra={self.extra_graphs}")
+        table = renormalised_table(embedding.weight, self.max_norm)
+        feat = table[batch.x]
+        for i, layer in enumerate(self.layers):
+            edges = batch.eop_edge_index if i % 2 == 0 else batch.sc_edge_index
+            feat = torch.cat([layer(feat, edges), feat], dim=1)
+        return Encoded(feat[batch.alias], batch.alias_batch, batch.last, batch.length,
+                       node_h=feat, items=table[1:])
+
+    def weight_groups(self) -> dict[str, list[str]]:
+        groups = {"gnn.propagation": [], "gnn.gate_ih": [], "gnn.gate_hh": [], "gnn.other": []}
+        for i, layer in enumerate(self.layers):
+            p = f"layers.{i}"
+            if isinstance(layer, EOPA):
+                groups["gnn.propagation"].append(f"{p}.fc_neigh")
+                groups["gnn.gate_ih"].append(f"{p}.gru.x2h")
+                groups["gnn.gate_hh"].append(f"{p}.gru.h2h")
+                groups["gnn.other"].append(f"{p}.fc_self")
+            else:
+                groups["gnn.propagation"] += [f"{p}.fc_q", f"{p}.fc_k", f"{p}.fc_v", f"{p}.fc_e"]
+        return {k: v for k, v in groups.items() if v}
+
+
+class LESSRReadout(Readout):
+    """AttnReadout over each session's nodes + fc_sr over [last node ; attention summary]."""
+
+    def __init__(self, dim: int, in_dim: int, feat_drop: float = 0.2):
+        super().__init__()
+        self.in_dim = in_dim
+        self.batch_norm = nn.BatchNorm1d(in_dim)
+        self.feat_drop = nn.Dropout(feat_drop)
+        self.fc_u = nn.Linear(in_dim, dim, bias=False)
+        self.fc_v = nn.Linear(in_dim, dim, bias=True)
+        self.fc_e = nn.Linear(dim, 1, bias=False)
+        self.fc_out = nn.Linear(in_dim, dim, bias=False)
+        self.activation = nn.PReLU(dim)
+        self.sr_batch_norm = nn.BatchNorm1d(in_dim + dim)
+        self.sr_drop = nn.Dropout(feat_drop)
+        self.fc_sr = nn.Linear(in_dim + dim, dim, bias=False)
+
+    def forward(self, enc: Encoded, batch) -> Tensor:
+        feat = enc.node_h
+        if feat is None or feat.shape[1] != self.in_dim:
+            got = "no node states" if feat is None else f"node states of width {feat.shape[1]}"
+            raise UserError(f"the LESSR readout needs node states of width {self.in_dim} "
+                            f"(dim * (num_layers + 1)); this encoder gives {got}")
+        B = enc.num_sessions
+        last_node = batch.alias[batch.last]
+        x = self.feat_drop(self.batch_norm(feat))
+        e = self.fc_e(torch.sigmoid(self.fc_u(x) + self.fc_v(x[last_node])[batch.batch]))
+        alpha = softmax(e, batch.batch, num_nodes=B)
+        s_g = self.activation(self.fc_out(scatter(alpha * x, batch.batch, dim=0, dim_size=B, reduce="sum")))
+        sr = torch.cat([feat[last_node], s_g], dim=1)
+        return self.fc_sr(self.sr_drop(self.sr_batch_norm(sr)))
+
+    def weight_groups(self) -> dict[str, list[str]]:
+        return {"readout.query": ["fc_v"], "readout.key": ["fc_u"], "readout.other": ["fc_e"],
+                "readout.transform": ["fc_out", "fc_sr"]}
+
+
+def _default_init_within_max_norm(model, cfg) -> None:
+    """PyTorch's default initialisation (as LESSR; no SR-GNN-style uniform init), with the embedding rows
+    projected once onto the max_norm ball, which is what the reference's first forward does to them.
+    Without it the stored N(0,1) rows (norm ~ sqrt(d)) would shrink every update by that factor."""
+    if cfg["max_norm"]:
+        with torch.no_grad():
+            weight = model.embedding.weight
+            weight.copy_(renormalised_table(weight, cfg["max_norm"]))
+
+
+SPECS = {
+    "lessr": ModelSpec(
+        encoder=lambda n_items, cfg: LESSREncoder(cfg["dim"], cfg["num_layers"], cfg["feat_drop"], cfg["max_norm"]),
+        readout=lambda cfg: LESSRReadout(cfg["dim"], cfg["dim"] * (cfg["num_layers"] + 1), cfg["feat_drop"]),
+        scorer=lambda cfg: DotScorer(),
+        defaults=dict(dim=64, num_layers=4, feat_drop=0.2, max_norm=1.0, optimizer="adamw", lr=1e-3, l2=1e-4,
+                      batch_size=512, patience=2, epochs=30, lr_decay=1.0),
+        readout_params=("num_layers", "feat_drop"),
+        init=_default_init_within_max_norm,
+        doc="LESSR (KDD 2020): EOPA + SGAT layers (DenseNet concat), attention readout over nodes, "
+            "dot scores against the max-norm-1 item table",
+    ),
+}
