@@ -35,7 +35,7 @@ MODEL_MODULES = [
 ]
 
 TABLE2_ORDER = ["pop", "spop", "sknn", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "dhcn", "attenmixer"]
-TABLE3 = ["srgnn", "srgnn+attenmixer", "sgnnhn", "sgnnhn+attenmixer", "gcsan", "gcsan+attenmixer"]
+TABLE3 = ["srgnn", "srgnn+attenmixer", "sgnnhn", "sgnnhn+attenmixer"]  # the paper's Table 3
 
 
 @dataclass
@@ -134,7 +134,13 @@ def build_model(name: str, n_items: int, overrides: dict | None = None):
     cfg = model_config(name, overrides)
     if isinstance(spec, BaselineSpec):
         return spec.build(n_items, cfg), cfg
-    model = SBRModel(n_items, cfg["dim"], spec.encoder(n_items, cfg), spec.readout(cfg), spec.scorer(cfg))
+    encoder, readout = spec.encoder(n_items, cfg), spec.readout(cfg)
+    # Encoders whose states are wider than `dim` (LESSR's dense concatenation) say so with `out_dim`.
+    out_dim, in_dim = getattr(encoder, "out_dim", cfg["dim"]), getattr(readout, "in_dim", cfg["dim"])
+    if out_dim != in_dim:
+        raise UserError(f"--models {name}: the encoder gives states of width {out_dim} but the readout "
+                        f"expects {in_dim}; these two do not compose")
+    model = SBRModel(n_items, cfg["dim"], encoder, readout, spec.scorer(cfg))
     if spec.init is not None:
         spec.init(model, cfg)
     else:
