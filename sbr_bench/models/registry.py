@@ -117,7 +117,8 @@ def spec_for(name: str):
 
 def model_config(name: str, overrides: dict | None = None) -> dict:
     spec = spec_for(name)
-    cfg = dict(TRAIN_DEFAULTS)
+    # Counting baselines have no training loop: only their own parameters.
+    cfg = {} if isinstance(spec, BaselineSpec) else dict(TRAIN_DEFAULTS)
     cfg.update(spec.defaults)
     for key, value in (overrides or {}).items():
         if key not in cfg:
