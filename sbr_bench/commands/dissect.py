@@ -32,7 +32,7 @@ def _config(args, dataset) -> dict:
     from ..models.registry import BaselineSpec, model_config, spec_for
     from ..runs import dataset_fingerprint
     from ..sparsevd import PRESETS
-    from .run import epoch_cap, parse_sets
+    from .run import DEFAULT_CHECKPOINT_EVERY, epoch_cap, parse_sets
 
     if isinstance(spec_for(args.model), BaselineSpec):
         raise UserError(f"--model {args.model}: a counting baseline has no weights to dissect")
@@ -56,6 +56,7 @@ def _config(args, dataset) -> dict:
         "dataset": {"name": args.dataset, "resolved_name": dataset.name, "data_dir": args.data_dir,
                     "meta": dataset.meta, "fingerprint": dataset_fingerprint(dataset), "stats": dataset.stats()},
         "device": args.device, "deterministic": False, "selection": "valid MRR@20",
+        "checkpoint_every": DEFAULT_CHECKPOINT_EVERY,
     }
 
 
@@ -77,9 +78,14 @@ def dissect_unit(run_dir, config, dataset, seed, device, progress) -> dict:
     sparse = SparseVD(model, paths=sv["paths"], threshold=sv["threshold"], log_sigma2_init=sv["log_sigma2_init"])
     wrapped = SparseVDModel(model, sparse, sv, len(dataset.train), math.ceil(len(dataset.train) / cfg["batch_size"]),
                             sv["log_every"], unit.path / "density.jsonl")
-    summary = train_model(wrapped, dataset, cfg, unit, device=device, seed=seed, progress=progress)
-    final = wrapped.log_density(int(wrapped.step), int(wrapped.step) // wrapped.batches_per_epoch)
-    write_json(unit.path / "density_final.json", dict(final, groups=sparse.groups))
+    # Checkpoints mid-epoch too, like `run`: a killed dissection resumes with an identical record.
+    summary = train_model(wrapped, dataset, cfg, unit, device=device, seed=seed, progress=progress,
+                          checkpoint_every=config.get("checkpoint_every", 0))
+    # The trainer has reloaded the best-validation weights (and their step): record their density apart
+    # from the trajectory in density.jsonl, which already ends at the last training step.
+    selected = wrapped.log_density(int(wrapped.step), int(wrapped.step) // wrapped.batches_per_epoch)
+    write_json(unit.path / "density_final.json",
+               dict(selected, groups=sparse.groups, weights="best validation epoch", best_epoch=summary["best_epoch"]))
     return summary
 
 
@@ -103,12 +109,17 @@ def main(args) -> int:
     run_dir.write_results()
     name = config["models"][0]
     print(f"density per weight group of {name} (kept / total weights, log alpha < {config['sparsevd']['threshold']}):")
-    from ..io import read_json
+    from ..io import read_json, read_jsonl
 
     for seed in config["seeds"]:
-        final = read_json(run_dir.unit(name, seed).path / "density_final.json")
+        path = run_dir.unit(name, seed).path
+        rows = read_jsonl(path / "density.jsonl")
+        final = read_json(path / "density_final.json")
+        print(f"  seed {seed}: step {rows[0]['step']} -> step {rows[-1]['step']} (end of training); "
+              f"selected weights (epoch {final['best_epoch']}, step {final['step']})")
         for group, value in sorted(final["density"].items()):
             kept, total = final["counts"][group]
-            print(f"  seed {seed}  {group:22s} {value:6.3f}  ({kept}/{total})")
+            print(f"    {group:22s} {rows[0]['density'][group]:6.3f} -> {rows[-1]['density'][group]:6.3f};"
+                  f" selected {value:6.3f}  ({kept}/{total})")
     print(f"record: {run_dir.path} (density.jsonl per seed; `sbr-bench report` draws Figure 3)")
     return 0

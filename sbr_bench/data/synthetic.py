@@ -23,7 +23,7 @@ SIZES = {
     # name: (items, concepts, sessions, mean session length)
     "micro": (60, 6, 300, 5.0),  # for end-to-end tests of commands
     "tiny": (200, 12, 1_500, 5.0),
-    "small": (1_000, 40, 8_000, 5.0),
+    "small": (500, 20, 3_000, 5.0),  # the default: `run --models all` in minutes on 2 CPU cores
     "medium": (5_000, 150, 40_000, 5.0),
     "diginetica": (43_000, 1_000, 205_000, 4.8),
 }
