@@ -20,7 +20,7 @@ from ..errors import UserError
 # Training defaults shared by the reference code bases (SR-GNN lineage); each spec overrides its own.
 TRAIN_DEFAULTS = dict(
     dim=100, batch_size=100, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30, patience=3,
-    optimizer="adam", dropout=0.0,
+    optimizer="adam", dropout=0.0, scheduler_at_start_compat=False,
 )
 
 MODEL_MODULES = [

@@ -1,0 +1,326 @@
+"""`sbr-bench run`: train and evaluate models over seeds; write a run record and a Table-2-style result."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+
+HELP = "train and evaluate models on a dataset over seeds (Table 2 style results in runs/<run-id>/)"
+
+EPILOG = """\
+Epochs: --epochs N sets every model's epochs; without it each model uses its own default (--set epochs=N
+also works), capped at 2 on the built-in synthetic datasets (all ten models: ~8 CPU-minutes per epoch on
+the default `synthetic` with 2 cores; `--dataset synthetic:tiny` is ~5x faster). Early stopping (patience) and model selection use validation MRR@20 only.
+Exit status: 0 if at least one model finished for at least one seed, 1 if every model failed (failures are
+recorded with their reason in <model>/seed<k>/summary.json and results.md), 2 on a usage error.
+"""
+
+# Epoch caps for built-in datasets when neither --epochs nor --set epochs=... is given (name prefix -> cap).
+DEFAULT_EPOCH_CAPS = {"synthetic": 2}
+DEFAULT_CHECKPOINT_EVERY = 1000
+
+
+def add_arguments(p) -> None:
+    p.epilog = EPILOG
+    import argparse
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--models", help="all | table3 | comma-separated names | ENCODER+READOUT (default: all)")
+    p.add_argument("--dataset", help="dataset name (default: synthetic; synthetic:tiny is a small one)")
+    p.add_argument("--data-dir", default="datasets", help="where processed datasets are cached (default: datasets)")
+    p.add_argument("--runs-dir", default="runs", help="where run records go (default: runs)")
+    p.add_argument("--seeds", type=int, help="number of seeds: 0..N-1 (default: 1)")
+    p.add_argument("--seed-list", help="explicit comma-separated seeds, e.g. 0,3,7 (instead of --seeds)")
+    p.add_argument("--epochs", type=int, help="epochs for every model (default: the model's own, capped "
+                   "on synthetic data; see below)")
+    p.add_argument("--device", help="auto | cpu | cuda[:k] (default: auto)")
+    p.add_argument("--batch-size", type=int, help="training batch size for every model")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for every model that has it, or MODEL.KEY=VALUE for one "
+                        "model (repeatable; values are JSON, else strings)")
+    p.add_argument("--run-id", help="name of the run folder (default: UTC timestamp + config hash)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (id under --runs-dir, or a path): "
+                   "finished model/seed units are kept, an unfinished one continues from its checkpoint")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help=f"also checkpoint every N batches within an epoch (default: {DEFAULT_CHECKPOINT_EVERY}; "
+                        "0: only at the end of each epoch)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: torch's own); 1 avoids thread oversubscription on a busy "
+                        "machine, which can slow CPU training many-fold")
+    p.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms (warn-only: PyG scatter has no deterministic CUDA kernel)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--profile", action="store_true",
+                   help="train one epoch per model, print the per-phase time breakdown and stop (nothing is kept)")
+
+
+# --- configuration ------------------------------------------------------------------------------------
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_sets(items, models: list[str]) -> tuple[dict, dict]:
+    """--set KEY=VALUE / MODEL.KEY=VALUE -> (global overrides, {model: overrides})."""
+    from ..errors import UserError
+
+    global_sets, scoped = {}, {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"--set {item}: expected KEY=VALUE (e.g. --set lr=0.001)")
+        if "." in key:
+            model, _, key = key.rpartition(".")
+            if model not in models:
+                raise UserError(f"--set {item}: model '{model}' is not among --models ({', '.join(models)})")
+            scoped.setdefault(model, {})[key] = parse_value(value)
+        else:
+            global_sets[key] = parse_value(value)
+    return global_sets, scoped
+
+
+def epoch_cap(dataset_name: str) -> int | None:
+    for prefix, cap in DEFAULT_EPOCH_CAPS.items():
+        if dataset_name.startswith(prefix):
+            return cap
+    return None
+
+
+def model_configs(models: list[str], args, dataset_name: str) -> dict:
+    from ..errors import UserError
+    from ..models.registry import model_config
+
+    global_sets, scoped = parse_sets(args.set, models)
+    if args.epochs is not None:
+        global_sets["epochs"] = args.epochs
+    if args.batch_size is not None:
+        global_sets["batch_size"] = args.batch_size
+    defaults = {name: model_config(name) for name in models}
+    for key in global_sets:
+        if not any(key in cfg for cfg in defaults.values()):
+            raise UserError(f"--set {key}=...: no selected model has the parameter '{key}'")
+    cap = epoch_cap(dataset_name)
+    configs = {}
+    for name in models:
+        overrides = {k: v for k, v in global_sets.items() if k in defaults[name]}
+        overrides.update(scoped.get(name, {}))
+        cfg = model_config(name, overrides)
+        if cap is not None and "epochs" not in overrides and "epochs" in cfg:
+            cfg["epochs"] = min(int(cfg["epochs"]), cap)
+        configs[name] = cfg
+    return configs
+
+
+def seed_list(args) -> list[int]:
+    from ..errors import UserError
+
+    if args.seed_list:
+        try:
+            seeds = [int(s) for s in args.seed_list.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--seed-list {args.seed_list}: expected comma-separated integers") from None
+        if not seeds:
+            raise UserError("--seed-list: no seeds given")
+        return list(dict.fromkeys(seeds))
+    n = 1 if args.seeds is None else args.seeds
+    if n < 1:
+        raise UserError(f"--seeds {n}: need at least one seed")
+    return list(range(n))
+
+
+def load_dataset(name: str, data_dir: str):
+    """The dataset module's loader when it exists; else the built-in synthetic generator."""
+    from ..errors import UserError
+
+    try:
+        from ..data import dataset as dataset_module
+    except ModuleNotFoundError as e:
+        if e.name != "sbr_bench.data.dataset":
+            raise
+        dataset_module = None
+    loader = getattr(dataset_module, "load_dataset", None)
+    if loader is not None:
+        return loader(name, data_dir=data_dir)
+    if name == "synthetic" or name.startswith("synthetic:"):
+        from ..data.synthetic import synthetic_dataset
+
+        return synthetic_dataset(name.partition(":")[2] or "small", seed=0)
+    raise UserError(f"--dataset {name}: unknown dataset (only synthetic and synthetic:SIZE are built in)")
+
+
+def new_config(args, dataset) -> dict:
+    from ..models.registry import resolve_names
+    from ..runs import dataset_fingerprint
+
+    models = resolve_names(args.models or "all")
+    if not models:
+        from ..errors import UserError
+
+        raise UserError(f"--models {args.models or 'all'}: no models available")
+    return {
+        "command": " ".join(shlex.quote(a) for a in ["sbr-bench"] + sys.argv[1:]),
+        "models": models,
+        "cfg": model_configs(models, args, dataset.name),
+        "seeds": seed_list(args),
+        "dataset": {"name": args.dataset or "synthetic", "resolved_name": dataset.name, "data_dir": args.data_dir,
+                    "meta": dataset.meta, "fingerprint": dataset_fingerprint(dataset), "stats": dataset.stats()},
+        "device": args.device or "auto",
+        "deterministic": bool(args.deterministic),
+        "checkpoint_every": DEFAULT_CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every,
+        "epochs_rule": ("--epochs" if args.epochs is not None else
+                        f"model default capped at {epoch_cap(dataset.name)}" if epoch_cap(dataset.name) else
+                        "model default"),
+        "selection": "valid MRR@20",
+    }
+
+
+def check_resume_args(args) -> None:
+    from ..errors import UserError
+
+    fixed = {"--models": args.models, "--dataset": args.dataset, "--seeds": args.seeds,
+             "--seed-list": args.seed_list, "--epochs": args.epochs, "--batch-size": args.batch_size,
+             "--set": args.set or None, "--run-id": args.run_id}
+    given = [flag for flag, value in fixed.items() if value is not None]
+    if given:
+        raise UserError(f"--resume continues a run with its recorded config; drop {', '.join(given)}")
+
+
+# --- execution ----------------------------------------------------------------------------------------
+
+def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config: dict, progress: bool):
+    """Train one model with one seed; record a failure instead of raising (the other units go on)."""
+    from ..errors import UserError
+    from ..io import write_text
+    from ..models.registry import build_model
+    from ..train import TrainingFailed, seed_everything, train_model
+
+    unit = run_dir.unit(name, seed)
+    if unit.is_finished():
+        summary = unit.read_summary()
+        print(f"[{name} seed {seed}] already finished ({summary.get('status')}), skipped")
+        return summary
+    print(f"[{name} seed {seed}] {'resuming' if unit.checkpoint_path.exists() else 'training'} on {device}",
+          flush=True)
+    try:
+        seed_everything(seed, config["deterministic"])  # model init depends on the seed
+        model, _ = build_model(name, dataset.n_items, cfg)
+        summary = train_model(model, dataset, cfg, unit, device=device, seed=seed, progress=progress,
+                              checkpoint_every=config["checkpoint_every"], deterministic=config["deterministic"])
+    except TrainingFailed as e:
+        print(f"[{name} seed {seed}] FAILED: {e.reason}", file=sys.stderr)
+        return unit.fail(e.reason)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a broken model must not take the other models down
+        write_text(unit.path / "error.txt", traceback.format_exc())
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        print(f"[{name} seed {seed}] FAILED: {reason} (traceback in {unit.path / 'error.txt'})", file=sys.stderr)
+        return unit.fail(reason)
+    test = summary["test"]
+    print(f"[{name} seed {seed}] test HR@20 {test.get('HR@20', float('nan')):.2f}  "
+          f"MRR@20 {test.get('MRR@20', float('nan')):.2f}  (best epoch {summary.get('best_epoch')})", flush=True)
+    return summary
+
+
+def profile(config: dict, dataset, device, progress: bool) -> int:
+    """One epoch per model (first seed), per-phase breakdown; records go to a temporary folder."""
+    from ..models.registry import build_model
+    from ..runs import Run, format_table
+    from ..train import TrainingFailed, seed_everything, train_model
+
+    seed = config["seeds"][0]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sbr-bench-profile-") as tmp:
+        for name in config["models"]:
+            cfg = config["cfg"][name]
+            seed_everything(seed, config["deterministic"])
+            model, _ = build_model(name, dataset.n_items, cfg)
+            unit = Run(f"{tmp}/{name}", name, seed)
+            try:
+                out = train_model(model, dataset, cfg, unit, device=device, seed=seed, progress=progress,
+                                  max_epochs=1, evaluate_test=False, deterministic=config["deterministic"])
+            except TrainingFailed as e:
+                rows.append([name, "failed: " + e.reason] + [""] * 6)
+                continue
+            if out.get("status") != "profiled":  # a baseline: fitted, not trained
+                t = out["timing"]
+                rows.append([name, f"fit {t['fit_s']:.2f}", "", "", "", f"{t['eval_median_s']:.2f}", "", ""])
+                continue
+            r = out["history"][0]
+            t = r["time"]
+            rows.append([name, f"{t['train']:.2f}", f"{t['data']:.2f}", f"{t['forward']:.2f}",
+                         f"{t['backward']:.2f}", f"{t['eval']:.2f}", f"{r['examples_per_s']:.0f}",
+                         f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else f"rss {r['host_peak_rss_mb']:.0f}"])
+    header = ["model", "train s", "data", "forward", "backward+step", "eval", "ex/s", "peak MB"]
+    print(f"\nOne epoch on {config['dataset']['resolved_name']} ({len(dataset.train)} training examples), "
+          f"device {device}, seed {seed}:")
+    print(format_table(header, rows, markdown=False))
+    return 0
+
+
+def main(args) -> int:
+    from ..env import environment
+    from ..runs import RunDir, new_run_id, results_text
+    from ..errors import UserError
+    from ..train import resolve_device
+
+    progress = not args.no_progress
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: need at least one thread")
+        import torch
+
+        torch.set_num_threads(args.threads)  # before env.json records torch_threads
+    if args.resume:
+        check_resume_args(args)
+        run_dir = RunDir.open(args.resume, args.runs_dir)
+        config = run_dir.config()
+        if args.checkpoint_every is not None:
+            config["checkpoint_every"] = args.checkpoint_every
+        if args.deterministic:
+            config["deterministic"] = True
+        dataset = load_dataset(config["dataset"]["name"], config["dataset"]["data_dir"])
+        from ..runs import dataset_fingerprint
+
+        if dataset_fingerprint(dataset) != config["dataset"]["fingerprint"]:
+            raise UserError(f"--resume {args.resume}: dataset '{config['dataset']['name']}' differs from the one "
+                            "this run started with (fingerprint mismatch); start a new run instead")
+        device = resolve_device(args.device or config["device"])
+        from ..io import write_json
+
+        write_json(run_dir.path / f"env.resume-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json",
+                   environment())
+    else:
+        dataset = load_dataset(args.dataset or "synthetic", args.data_dir)
+        config = new_config(args, dataset)
+        device = resolve_device(config["device"])
+        if args.profile:
+            return profile(config, dataset, device, progress)
+        hashed = {k: config[k] for k in ("models", "cfg", "seeds", "dataset", "deterministic")}
+        run_dir = RunDir.create(args.runs_dir, args.run_id or new_run_id(hashed), config, environment())
+    if args.profile:
+        return profile(config, dataset, device, progress)
+
+    print(f"run {run_dir.run_id}: {len(config['models'])} model(s) x {len(config['seeds'])} seed(s) on "
+          f"{config['dataset']['resolved_name']} ({len(dataset.train)} train / {len(dataset.valid)} valid / "
+          f"{len(dataset.test)} test examples, {dataset.n_items} items), device {device}", flush=True)
+    try:
+        for name in config["models"]:
+            for seed in config["seeds"]:
+                train_unit(run_dir, name, config["cfg"][name], seed, dataset, device, config, progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with `sbr-bench run --resume {run_dir.path}`", file=sys.stderr)
+        raise
+    results = run_dir.write_results()
+    print()
+    print(results_text(results))
+    print(f"\nrecord: {run_dir.path}  (results.md, results.json, <model>/seed<k>/)")
+    any_ok = any(m["seeds_ok"] for m in results["models"].values())
+    return 0 if any_ok else 1

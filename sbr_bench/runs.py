@@ -1,0 +1,330 @@
+"""Run records: one folder per `sbr-bench run`, one sub-folder per model and seed, and the results index.
+
+```
+runs/<run-id>/
+  config.json         resolved config: models and their cfg, dataset (meta, fingerprint, stats), seeds, ...
+  env.json            hardware and library versions (sbr_bench.env)
+  <model>/seed<k>/
+    epochs.jsonl      one line per epoch: loss, valid metrics, phase times, examples/s, peak memory, lr
+    checkpoint.pt     latest state (end of epoch or mid-epoch): resume continues from here
+    summary.json      status ok|failed (+ reason), best epoch, valid + test metrics, timing summary
+    ranks.npz         per-example test ranks (expected, pessimistic, optimistic) and prefix lengths
+  results.json        per model: mean ± std over seeds, timing, significance against the best model
+  results.md          the same as Markdown tables (paper Table 2 style)
+```
+A unit (model, seed) is finished when its summary.json exists; `--resume` skips finished units and
+continues an unfinished one from its checkpoint. Every file is written atomically (`sbr_bench.io`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import significance
+from .errors import UserError
+from .io import append_jsonl, atomic_path, read_json, read_jsonl, write_json, write_text
+
+TABLE_KS = (5, 10, 20)
+HEADLINE = ("HR@20", "MRR@20")
+SELECTION_METRIC = "MRR@20"
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def new_run_id(config: dict) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + config_hash(config)
+
+
+def dataset_fingerprint(dataset) -> str:
+    """A hash of every split's arrays: a resumed run must see exactly the same data."""
+    h = hashlib.sha1(f"{dataset.n_items}".encode())
+    for name in ("train", "valid", "test"):
+        split = getattr(dataset, name)
+        for arr in (split.sessions.items, split.sessions.offsets, split.ex_seq, split.ex_len):
+            h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def timing_summary(rows: list[dict]) -> dict:
+    """Median and IQR of per-epoch training time, excluding the first (warm-up) epoch when there are more."""
+    if not rows:
+        return {}
+    kept = rows[1:] if len(rows) > 1 else rows
+    train = np.array([r["time"]["train"] for r in kept])
+    out = {
+        "epochs_timed": len(kept),
+        "warmup_excluded": len(rows) > 1,
+        "epoch_median_s": float(np.median(train)),
+        "epoch_iqr_s": float(np.percentile(train, 75) - np.percentile(train, 25)),
+        "examples_per_s_median": float(np.median([r["examples_per_s"] for r in kept])),
+        "total_train_s": float(sum(r["time"]["train"] for r in rows)),
+        "total_eval_s": float(sum(r["time"]["eval"] for r in rows)),
+    }
+    for phase in ("data", "forward", "backward", "eval"):
+        out[f"{phase}_median_s"] = float(np.median([r["time"][phase] for r in kept]))
+    for key in ("peak_gpu_mb", "host_peak_rss_mb"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = float(max(values)) if values else None
+    return out
+
+
+class Run:
+    """The record of one model trained with one seed: `<run>/<model>/seed<k>/`."""
+
+    def __init__(self, path, model: str = "", seed: int = 0):
+        self.path = Path(path)
+        self.model, self.seed = model, seed
+
+    epochs_path = property(lambda self: self.path / "epochs.jsonl")
+    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+    summary_path = property(lambda self: self.path / "summary.json")
+    ranks_path = property(lambda self: self.path / "ranks.npz")
+
+    def is_finished(self) -> bool:
+        return self.summary_path.exists()
+
+    def read_summary(self) -> dict | None:
+        return read_json(self.summary_path) if self.summary_path.exists() else None
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.summary_path, dict(summary, model=self.model, seed=self.seed))
+
+    def fail(self, reason: str, **extra) -> dict:
+        summary = dict(extra, status="failed", reason=reason)
+        self.write_summary(summary)
+        return summary
+
+    def append_epoch(self, row: dict) -> None:
+        append_jsonl(self.epochs_path, row)
+
+    def read_epochs(self) -> list[dict]:
+        return read_jsonl(self.epochs_path)
+
+    def rewrite_epochs(self, rows: list[dict]) -> None:
+        """On resume: the epoch log becomes exactly the history stored in the checkpoint (an epoch that
+        was logged but not checkpointed before a crash is redone, and must not appear twice)."""
+        write_text(self.epochs_path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
+
+    def save_checkpoint(self, state: dict) -> None:
+        import torch
+
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> dict | None:
+        import torch
+
+        if not self.checkpoint_path.exists():
+            return None
+        # Our own file: it holds numpy/python RNG states, which need full unpickling.
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+
+    def write_ranks(self, result, lengths) -> None:
+        with atomic_path(self.ranks_path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, expected=np.asarray(result.ranks, dtype=np.float64),
+                         pessimistic=np.asarray(result.ranks_pessimistic, dtype=np.float64),
+                         optimistic=np.asarray(result.ranks_optimistic, dtype=np.float64),
+                         length=np.asarray(lengths, dtype=np.int64))
+
+    def read_ranks(self) -> dict | None:
+        if not self.ranks_path.exists():
+            return None
+        with np.load(self.ranks_path) as z:
+            return {k: z[k] for k in z.files}
+
+
+class RunDir:
+    """`runs/<run-id>/`: config, environment, units and the results index."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    config_path = property(lambda self: self.path / "config.json")
+    env_path = property(lambda self: self.path / "env.json")
+    results_path = property(lambda self: self.path / "results.json")
+    results_md_path = property(lambda self: self.path / "results.md")
+
+    @classmethod
+    def create(cls, runs_dir, run_id: str, config: dict, env: dict) -> "RunDir":
+        run = cls(Path(runs_dir) / run_id)
+        if run.config_path.exists():
+            raise UserError(f"--run-id {run_id}: {run.path} already exists; use --resume {run_id} to continue "
+                            "it or choose another id")
+        write_json(run.config_path, config)
+        write_json(run.env_path, env)
+        return run
+
+    @classmethod
+    def open(cls, ref: str, runs_dir) -> "RunDir":
+        """A run to resume, by path or by id under `runs_dir`."""
+        for candidate in (Path(ref), Path(runs_dir) / ref):
+            if (candidate / "config.json").exists():
+                return cls(candidate)
+        raise UserError(f"--resume {ref}: no run found (looked for {Path(ref) / 'config.json'} and "
+                        f"{Path(runs_dir) / ref / 'config.json'})")
+
+    def config(self) -> dict:
+        return read_json(self.config_path)
+
+    def unit(self, model: str, seed: int) -> Run:
+        return Run(self.path / model / f"seed{seed}", model, seed)
+
+    def write_results(self) -> dict:
+        results = collect_results(self)
+        write_json(self.results_path, results)
+        write_text(self.results_md_path, results_markdown(results))
+        return results
+
+
+def collect_results(run: RunDir) -> dict:
+    """Aggregate every unit's summary.json and ranks.npz into per-model statistics."""
+    config = run.config()
+    models, per_example = {}, {"MRR@20": {}, "HR@20": {}}
+    for name in config["models"]:
+        ok, failed, ranks = [], {}, []
+        for seed in config["seeds"]:
+            summary = run.unit(name, seed).read_summary()
+            if summary is None:
+                failed[str(seed)] = "not finished"
+            elif summary["status"] != "ok":
+                failed[str(seed)] = summary.get("reason", "failed")
+            else:
+                ok.append(summary)
+                unit_ranks = run.unit(name, seed).read_ranks()
+                if unit_ranks is not None:
+                    ranks.append(unit_ranks["expected"])
+        entry = {
+            "status": "ok" if ok and not failed else ("partial" if ok else "failed"),
+            "seeds_ok": [s["seed"] for s in ok],
+            "failed": failed,
+            "test": significance.mean_std([s["test"] for s in ok]),
+            "valid": significance.mean_std([s["valid"] for s in ok]),
+            "best_epoch": [s.get("best_epoch") for s in ok],
+            "per_seed_test": {str(s["seed"]): s["test"] for s in ok},
+            "timing": _timing_over_seeds([s.get("timing", {}) for s in ok]),
+            "tie_rate": significance.mean_std([{"tie_rate": s["test_tie_rate"]} for s in ok
+                                               if s.get("test_tie_rate") is not None]).get("tie_rate"),
+        }
+        models[name] = entry
+        if len(ranks) == len(ok) and ok:
+            for metric in per_example:
+                per_example[metric][name] = significance.per_example(metric, ranks)
+    tests = {metric: significance.compare_to_best(values) for metric, values in per_example.items()}
+    for metric, result in tests.items():
+        for name, row in result["models"].items():
+            models[name].setdefault("significance", {})[metric] = row
+    return {
+        "run_id": run.run_id,
+        "dataset": config.get("dataset", {}).get("name"),
+        "seeds": config["seeds"],
+        "models": models,
+        "best": {metric: {"model": r["best"], "significant": r["best_significant"]} for metric, r in tests.items()},
+        "significance_note": significance.__doc__.strip().splitlines()[-4:],
+    }
+
+
+def _timing_over_seeds(timings: list[dict]) -> dict:
+    keys = ("epoch_median_s", "epoch_iqr_s", "data_median_s", "forward_median_s", "backward_median_s",
+            "eval_median_s", "examples_per_s_median", "fit_s", "peak_gpu_mb", "host_peak_rss_mb")
+    out = {}
+    for key in keys:
+        values = [t[key] for t in timings if t.get(key) is not None]
+        if values:
+            out[key] = float(np.median(values))
+    return out
+
+
+def _cell(stat: dict | None, mark: str = "", bold: bool = False, markdown: bool = True) -> str:
+    if not stat:
+        return "–"
+    text = f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat["n"] > 1 else "")
+    if markdown:
+        mark = mark.replace("*", r"\*")
+        text = f"**{text}**" if bold else text
+    return text + mark
+
+
+def _time_cell(timing: dict) -> str:
+    if "epoch_median_s" not in timing:
+        return f"fit {timing['fit_s']:.1f}" if "fit_s" in timing else "–"
+    return f"{timing['epoch_median_s']:.2f}"
+
+
+def table_rows(results: dict, markdown: bool = True) -> list[list[str]]:
+    """The headline table: model, HR@20, MRR@20 (mean ± std, marks), time per epoch and its phases."""
+    rows = []
+    for name, m in results["models"].items():
+        if m["status"] == "failed":
+            reason = next(iter(m["failed"].values()), "failed")
+            rows.append([name, "failed", reason[:60], "", "", "", "", "", ""])
+            continue
+        cells = [name]
+        for metric in HEADLINE:
+            sig = m.get("significance", {}).get(metric, {})
+            best = results["best"].get(metric, {})
+            bold = best.get("model") == name and best.get("significant", False)
+            cells.append(_cell(m["test"].get(metric), sig.get("mark", ""), bold, markdown))
+        t = m["timing"]
+        cells.append(_time_cell(t))
+        for key in ("data_median_s", "forward_median_s", "backward_median_s", "eval_median_s"):
+            cells.append(f"{t[key]:.2f}" if key in t else "–")
+        cells.append(f"{t['examples_per_s_median']:.0f}" if "examples_per_s_median" in t else "–")
+        cells.append(f"{len(m['seeds_ok'])}/{len(results['seeds'])}")
+        rows.append(cells)
+    return rows
+
+
+TABLE_HEADER = ["model", "HR@20", "MRR@20", "s/epoch", "data", "forward", "backward", "eval", "ex/s", "seeds"]
+
+
+def format_table(header, rows, markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def results_text(results: dict) -> str:
+    """The headline table for the terminal."""
+    return format_table(TABLE_HEADER, table_rows(results, markdown=False), markdown=False)
+
+
+def results_markdown(results: dict) -> str:
+    metrics = [f"{m}@{k}" for m in ("HR", "MRR", "NDCG") for k in TABLE_KS]
+    full_rows = [[name] + [_cell(m["test"].get(metric)) for metric in metrics]
+                 for name, m in results["models"].items() if m["status"] != "failed"]
+    failed = [f"- {name} seed {seed}: {reason}" for name, m in results["models"].items()
+              for seed, reason in m["failed"].items()]
+    parts = [
+        f"# Results of run {results['run_id']} on {results['dataset']}",
+        "",
+        f"Test split, ×100, mean ± std over seeds {results['seeds']}; model selection on validation MRR@20. "
+        "Time per epoch: median seconds of training (data + forward + backward) over epochs after the "
+        "first; phases are medians; eval is the validation pass. Marks: \\*\\* p < 0.01, \\* p < 0.05 "
+        "(Holm-corrected paired t-test on per-example values, averaged over seeds, against the best model); "
+        "the best is bold only when significantly better (p < 0.01) than every other model.",
+        "",
+        format_table(TABLE_HEADER, table_rows(results, markdown=True), markdown=True),
+        "",
+        "## All metrics (test)",
+        "",
+        format_table(["model"] + metrics, full_rows, markdown=True),
+    ]
+    if failed:
+        parts += ["", "## Failed or unfinished", ""] + failed
+    return "\n".join(parts) + "\n"

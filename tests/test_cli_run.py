@@ -1,0 +1,110 @@
+"""`sbr-bench run` end to end on synthetic:tiny with small stand-in models (registered for the test)."""
+
+import argparse
+
+import pytest
+from torch_geometric.utils import scatter
+
+from sbr_bench import cli
+from sbr_bench.commands import run as run_cmd
+from sbr_bench.io import read_json
+from sbr_bench.models import registry
+from sbr_bench.models.base import DotScorer, EmbeddingEncoder, Readout
+
+
+class MeanReadout(Readout):
+    def forward(self, enc, batch):
+        return scatter(enc.h, enc.pos_batch, dim=0, dim_size=enc.num_sessions, reduce="mean")
+
+
+class NanReadout(MeanReadout):
+    def forward(self, enc, batch):
+        return super().forward(enc, batch) * float("nan")
+
+
+def spec(readout):
+    return registry.ModelSpec(encoder=lambda n_items, cfg: EmbeddingEncoder(cfg["dim"]), readout=lambda cfg: readout(),
+                              scorer=lambda cfg: DotScorer(), defaults=dict(dim=16, batch_size=100, lr=0.01))
+
+
+@pytest.fixture(autouse=True)
+def test_models(monkeypatch):
+    monkeypatch.setattr(registry, "_SPECS", dict(registry.specs(), meanpool=spec(MeanReadout),
+                                                 nanmodel=spec(NanReadout)))
+
+
+def run(tmp_path, *args):
+    return cli.main(["run", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"),
+                     "--no-progress", *args])
+
+
+def test_failed_model_is_recorded_and_others_finish(tmp_path, capsys):
+    code = run(tmp_path, "--dataset", "synthetic:tiny", "--models", "nanmodel,meanpool", "--seeds", "2",
+               "--epochs", "1", "--run-id", "r1")
+    out = capsys.readouterr()
+    assert code == 0
+    root = tmp_path / "runs" / "r1"
+    failed = read_json(root / "nanmodel" / "seed0" / "summary.json")
+    assert failed["status"] == "failed" and "non-finite loss" in failed["reason"]
+    results = read_json(root / "results.json")
+    assert results["models"]["nanmodel"]["status"] == "failed"
+    mean = results["models"]["meanpool"]
+    assert mean["status"] == "ok" and mean["seeds_ok"] == [0, 1]
+    # results.json numbers are exactly the per-seed summaries' mean (and their spread)
+    per_seed = [read_json(root / "meanpool" / f"seed{s}" / "summary.json")["test"] for s in (0, 1)]
+    for metric in ("HR@20", "MRR@20", "NDCG@10"):
+        values = [p[metric] for p in per_seed]
+        assert mean["test"][metric]["mean"] == pytest.approx(sum(values) / 2, abs=1e-12)
+        assert mean["test"][metric]["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-12)
+    assert per_seed[0] != per_seed[1]  # different seeds really differ
+    config, env = read_json(root / "config.json"), read_json(root / "env.json")
+    assert config["seeds"] == [0, 1] and config["cfg"]["meanpool"]["epochs"] == 1
+    assert config["dataset"]["stats"]["n_items"] == 200 and len(config["dataset"]["fingerprint"]) == 16
+    assert env["versions"]["torch"] and env["cpu_count"] >= 1
+    md = (root / "results.md").read_text()
+    assert "| meanpool |" in md and "failed" in md and "NDCG@20" in md
+    assert "meanpool" in out.out and "HR@20" in out.out and "non-finite loss" in out.err
+
+
+def test_all_failed_exits_one(tmp_path):
+    assert run(tmp_path, "--dataset", "synthetic:tiny", "--models", "nanmodel", "--epochs", "1") == 1
+
+
+TINY = ["--dataset", "synthetic:tiny"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (TINY + ["--models", "meanpool", "--set", "nosuchkey=1"], "nosuchkey"),
+    (TINY + ["--models", "meanpool", "--set", "other.lr=1"], "not among --models"),
+    (TINY + ["--models", "nosuchmodel"], "unknown model"),
+    (TINY + ["--models", "meanpool", "--seeds", "0"], "at least one seed"),
+    (["--resume", "nosuchrun"], "no run found"),
+    (["--resume", "x", "--models", "meanpool"], "drop --models"),
+])
+def test_usage_errors_exit_two_with_one_line(tmp_path, capsys, args, message):
+    assert run(tmp_path, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_profile_prints_phases_and_keeps_nothing(tmp_path, capsys):
+    assert run(tmp_path, "--dataset", "synthetic:tiny", "--models", "meanpool", "--profile") == 0
+    out = capsys.readouterr().out
+    assert "backward+step" in out and "meanpool" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_epoch_default_is_capped_on_synthetic_and_explicit_settings_win():
+    args = argparse.Namespace(set=["meanpool.lr=0.5"], epochs=None, batch_size=None)
+    cfg = run_cmd.model_configs(["meanpool"], args, "synthetic-tiny")["meanpool"]
+    assert cfg["epochs"] == run_cmd.DEFAULT_EPOCH_CAPS["synthetic"] and cfg["lr"] == 0.5
+    assert run_cmd.model_configs(["meanpool"], args, "diginetica")["meanpool"]["epochs"] == 30
+    explicit = argparse.Namespace(set=["epochs=7"], epochs=None, batch_size=64)
+    cfg = run_cmd.model_configs(["meanpool"], explicit, "synthetic")["meanpool"]
+    assert cfg["epochs"] == 7 and cfg["batch_size"] == 64
+
+
+def test_existing_run_id_is_refused(tmp_path, capsys):
+    assert run(tmp_path, "--dataset", "synthetic:tiny", "--models", "meanpool", "--epochs", "1", "--run-id", "same") == 0
+    assert run(tmp_path, "--dataset", "synthetic:tiny", "--models", "meanpool", "--epochs", "1", "--run-id", "same") == 2
+    assert "--resume same" in capsys.readouterr().err
