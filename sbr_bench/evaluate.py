@@ -47,21 +47,26 @@ def _cum_gain(n_items: int, k: int):
     return hit, rr, dcg
 
 
-def metrics_from_ranks(optimistic, pessimistic=None, ks=KS, n_items=None) -> dict:
-    """HR@K, MRR@K, NDCG@K (x100), averaged over examples. With both rank bounds, the exact expectation
-    over a uniformly random order of the tied items; with one, the usual metrics of that rank."""
+def per_example(metric: str, optimistic, pessimistic=None, n_items=None) -> np.ndarray:
+    """Per-example value in [0, 1] of 'HR@K', 'MRR@K' or 'NDCG@K': with both rank bounds, the exact
+    expectation over a uniformly random order of the tied items; with one, that rank's value. Its mean
+    is the metric, so significance tests run on exactly what the tables report."""
+    name, _, k = metric.partition("@")
+    if name not in ("HR", "MRR", "NDCG") or not k.isdigit():
+        raise ValueError(f"unknown metric '{metric}'; use HR@K, MRR@K or NDCG@K")
     lo = np.asarray(optimistic, dtype=np.int64)
     hi = lo if pessimistic is None else np.asarray(pessimistic, dtype=np.int64)
-    if len(lo) == 0:
+    n = int(max(hi.max(initial=1), n_items or 0))
+    cum = dict(zip(("HR", "MRR", "NDCG"), _cum_gain(n, int(k))))[name]
+    return (cum[hi] - cum[lo - 1]) / (hi - lo + 1)
+
+
+def metrics_from_ranks(optimistic, pessimistic=None, ks=KS, n_items=None) -> dict:
+    """HR@K, MRR@K, NDCG@K (x100), averaged over examples (see `per_example`)."""
+    if len(optimistic) == 0:
         return {f"{m}@{k}": float("nan") for k in ks for m in ("HR", "MRR", "NDCG")}
-    n = int(max(hi.max(), n_items or 0))
-    out = {}
-    for k in ks:
-        hit, rr, dcg = _cum_gain(n, k)
-        span = (hi - lo + 1).astype(np.float64)
-        for name, cum in (("HR", hit), ("MRR", rr), ("NDCG", dcg)):
-            out[f"{name}@{k}"] = float(np.mean((cum[hi] - cum[lo - 1]) / span) * 100.0)
-    return out
+    return {f"{m}@{k}": float(np.mean(per_example(f"{m}@{k}", optimistic, pessimistic, n_items)) * 100.0)
+            for k in ks for m in ("HR", "MRR", "NDCG")}
 
 
 def _score_fn(model, batch):
@@ -134,13 +139,6 @@ def evaluate(model, split, n_items, batch_size=500, device="cpu", extra=None, ks
         seconds=time.perf_counter() - start,
         metrics_pessimistic=metrics_from_ranks(pes, None, ks, n_items),
     )
-
-
-def reciprocal_ranks(optimistic, pessimistic, k=20) -> np.ndarray:
-    """Per-example expected reciprocal rank at cut-off k (0 beyond k), for paired significance tests."""
-    lo, hi = np.asarray(optimistic), np.asarray(pessimistic)
-    _, rr, _ = _cum_gain(int(hi.max(initial=1)), k)
-    return (rr[hi] - rr[lo - 1]) / (hi - lo + 1)
 
 
 def bucket_metrics(optimistic, pessimistic, lengths, edges=(5,), ks=(20,)) -> dict:

@@ -204,7 +204,7 @@ def collect_results(run: RunDir) -> dict:
                 ok.append(summary)
                 unit_ranks = run.unit(name, seed).read_ranks()
                 if unit_ranks is not None:
-                    ranks.append(unit_ranks["expected"])
+                    ranks.append(unit_ranks)
         entry = {
             "status": "ok" if ok and not failed else ("partial" if ok else "failed"),
             "seeds_ok": [s["seed"] for s in ok],

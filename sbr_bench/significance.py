@@ -2,8 +2,8 @@
 
 The paired tests run on per-example quantities of the test split, averaged over a model's seeds (the test
 examples are the same for every model and seed, in the same order):
-- MRR@K: reciprocal expected rank, 0 beyond K;
-- HR@K: 1 if the expected rank is within K, else 0 (averaged over seeds: the fraction of seeds that hit).
+- MRR@K, HR@K: each example's expected value under random tie-breaking (`evaluate.per_example`), so
+  their means are exactly the reported metrics, averaged over seeds.
 Each model is compared with the best model (highest mean) by a paired t-test (`scipy.stats.ttest_rel`, the
 test the Atten-Mixer paper uses) and a Wilcoxon signed-rank test; p-values are Holm-corrected across the
 compared models. Marks follow the corrected t-test: `**` p < 0.01, `*` p < 0.05 (significantly worse than
@@ -20,26 +20,12 @@ import numpy as np
 BOLD_ALPHA = 0.01  # the paper bolds at p < .01
 
 
-def reciprocal_ranks(ranks, k: int = 20) -> np.ndarray:
-    ranks = np.asarray(ranks, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        rr = np.where(ranks <= k, 1.0 / ranks, 0.0)
-    return rr
-
-
-def hits(ranks, k: int = 20) -> np.ndarray:
-    return (np.asarray(ranks, dtype=np.float64) <= k).astype(np.float64)
-
-
-PER_EXAMPLE = {"MRR": reciprocal_ranks, "HR": hits}
-
-
 def per_example(metric: str, ranks_by_seed: list) -> np.ndarray:
-    """'MRR@20' or 'HR@20' per test example, averaged over seeds."""
-    name, _, k = metric.partition("@")
-    if name not in PER_EXAMPLE or not k.isdigit():
-        raise ValueError(f"no per-example form for metric '{metric}'; use MRR@K or HR@K")
-    return np.mean([PER_EXAMPLE[name](r, int(k)) for r in ranks_by_seed], axis=0)
+    """Per-example 'MRR@K' / 'HR@K' / 'NDCG@K' (tie-aware, as the tables), averaged over seeds;
+    `ranks_by_seed`: the units' ranks.npz records (optimistic and pessimistic ranks)."""
+    from .evaluate import per_example as one_seed
+
+    return np.mean([one_seed(metric, r["optimistic"], r["pessimistic"]) for r in ranks_by_seed], axis=0)
 
 
 def mean_std(per_seed: list[dict]) -> dict:

@@ -11,15 +11,18 @@ def test_mean_std_over_seeds():
     assert sig.mean_std([{"MRR@20": 7.0}])["MRR@20"] == {"mean": 7.0, "std": 0.0, "n": 1}
 
 
-def test_per_example_values_follow_the_cutoff():
-    ranks = np.array([1.0, 2.0, 20.0, 21.0, 1.5])
-    assert sig.reciprocal_ranks(ranks, 20).tolist() == [1.0, 0.5, 0.05, 0.0, pytest.approx(1 / 1.5)]
-    assert sig.hits(ranks, 20).tolist() == [1, 1, 1, 0, 1]
+def test_per_example_values_follow_the_cutoff_and_ties():
+    def rec(opt, pes):
+        return {"optimistic": np.array(opt), "pessimistic": np.array(pes)}
+
+    one = rec([1, 2, 20, 21, 1], [1, 2, 20, 21, 2])  # the last example ties for ranks 1-2
+    assert sig.per_example("MRR@20", [one]).tolist() == pytest.approx([1.0, 0.5, 0.05, 0.0, 0.75])
+    assert sig.per_example("HR@20", [one]).tolist() == [1, 1, 1, 0, 1]
     # averaged over seeds, per example
-    both = sig.per_example("MRR@20", [np.array([1.0, 30.0]), np.array([2.0, 30.0])])
+    both = sig.per_example("MRR@20", [rec([1, 30], [1, 30]), rec([2, 30], [2, 30])])
     assert both.tolist() == [0.75, 0.0]
     with pytest.raises(ValueError):
-        sig.per_example("NDCG@20", [ranks])
+        sig.per_example("AUC@20", [one])
 
 
 def test_holm_adjustment():
