@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sbr_bench.data.graphs import ExampleLoader, collate_examples
+from helpers import popularity_hr20, trained_hr20
+from sbr_bench.data.graphs import collate_examples
 from sbr_bench.data.sessions import Split
 from sbr_bench.errors import UserError
 from sbr_bench.models.attenmixer import SPECS, AttenMixerReadout
@@ -277,33 +278,7 @@ def test_srgnn_with_attenmixer_readout_builds_and_runs():
     assert model.eval()(batch_of(SESSIONS)).shape == (len(SESSIONS), N_ITEMS)
 
 
-def _pessimistic_ranks(scores, target0):
-    t = scores.gather(1, target0[:, None])
-    return 1 + (scores > t).sum(1) + (scores == t).sum(1) - 1  # ties (the target excluded) rank ahead
-
-
-def _train_and_hr20(name, ds, epochs=5):
-    torch.manual_seed(0)
-    model, cfg = build_model(name, ds.n_items, {"dim": 32})
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["l2"])
-    loader = ExampleLoader(ds.train, cfg["batch_size"], ds.n_items, shuffle=True, seed=0)
-    for epoch in range(epochs):
-        model.train()
-        for batch in loader.batches(epoch):
-            loss, _ = model.loss(batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        batch = collate_examples(ds.test, np.arange(len(ds.test)), ds.n_items)
-        return (_pessimistic_ranks(model(batch), batch.y - 1) <= 20).float().mean().item()
-
-
 def test_short_training_beats_popularity(tiny):
-    counts = np.bincount(tiny.train.sessions.items, minlength=tiny.n_items + 1)[1:]
-    target0 = torch.as_tensor(tiny.test.targets) - 1
-    pop_scores = torch.as_tensor(counts, dtype=torch.float32)[None].expand(len(target0), -1)
-    pop_hr = (_pessimistic_ranks(pop_scores, target0) <= 20).float().mean().item()
-    hr = _train_and_hr20("attenmixer", tiny)
+    pop_hr = popularity_hr20(tiny)
+    hr = trained_hr20("attenmixer", tiny, 5, dim=32)
     assert hr > pop_hr + 0.05, (hr, pop_hr)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from sbr_bench.data.graphs import ExampleLoader, collate_examples
+from helpers import popularity_hr20, trained_hr20
+from sbr_bench.data.graphs import collate_examples
 from sbr_bench.data.sessions import Sessions, Split
 from sbr_bench.models.dhcn import hyperedge_items, hypergraph_operator
 from sbr_bench.models.lessr import EOPA, SGAT, GRUGates, last_gru_state
@@ -302,44 +303,9 @@ def test_dhcn_line_graph_only_in_training_and_never_in_scores(tiny):
 # ---------------------------------------------------------------- training beats popularity
 
 
-def hit_rate_at_20(scores, targets):
-    """Pessimistic ranks: 1 + #(greater) + #(ties other than the target)."""
-    target_score = scores.gather(1, (targets - 1).unsqueeze(1))
-    rank = 1 + (scores > target_score).sum(1) + (scores == target_score).sum(1) - 1
-    return (rank <= 20).float().mean().item()
-
-
-def popularity_hit_rate(ds):
-    counts = np.bincount(ds.train.sessions.items, minlength=ds.n_items + 1)[1:]
-    scores = torch.tensor(counts, dtype=torch.float32).expand(len(ds.test), -1)
-    return hit_rate_at_20(scores, torch.from_numpy(ds.test.targets))
-
-
-def train_and_test_hit_rate(name, ds, epochs, **overrides):
-    torch.manual_seed(0)
-    model, cfg = build_model(name, ds.n_items, {"dim": 32, **overrides})
-    model.prepare(ds.train)
-    optim = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
-    opt = optim(model.parameters(), lr=cfg["lr"], weight_decay=cfg["l2"])
-    loader = ExampleLoader(ds.train, cfg["batch_size"], ds.n_items, shuffle=True, seed=0, extra=model.extra_graphs)
-    for epoch in range(epochs):
-        model.train()
-        for batch in loader.batches(epoch):
-            opt.zero_grad()
-            loss, _ = model.loss(batch)
-            loss.backward()
-            opt.step()
-    model.eval()
-    hits = []
-    with torch.no_grad():
-        for batch in ExampleLoader(ds.test, 500, ds.n_items, extra=model.extra_graphs):
-            hits.append(hit_rate_at_20(model(batch), batch.y) * len(batch.y))
-    return sum(hits) / len(ds.test)
-
-
 @pytest.mark.parametrize("name,overrides", [("lessr", {"batch_size": 128}), ("dhcn", {})])
 def test_short_training_beats_popularity(name, overrides, tiny):
-    pop = popularity_hit_rate(tiny)
-    hr = train_and_test_hit_rate(name, tiny, epochs=4, **overrides)
+    pop = popularity_hr20(tiny)
+    hr = trained_hr20(name, tiny, 4, dim=32, **overrides)
     print(f"{name}: HR@20 {100 * hr:.2f} vs popularity {100 * pop:.2f}")
     assert hr > pop + 0.02

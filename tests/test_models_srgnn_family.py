@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sbr_bench.data.graphs import ExampleLoader, collate_examples
+from helpers import popularity_hr20, trained_hr20
+from sbr_bench.data.graphs import collate_examples
 from sbr_bench.data.sessions import Split
 from sbr_bench.models.registry import build_model
 from conftest import shared_path
@@ -207,44 +208,10 @@ def test_sgnnhn_star_is_an_attention_pool_of_the_session_nodes(tiny):
     torch.testing.assert_close(enc.extras["star"], enc.node_h, atol=1e-5, rtol=1e-5)
 
 
-def pessimistic_hr20(scores, targets):
-    """rank = 1 + #(scores > target score) + #(ties, target excluded)."""
-    t = scores.gather(1, (targets - 1)[:, None])
-    rank = 1 + (scores > t).sum(1) + ((scores == t).sum(1) - 1)
-    return (rank <= 20).float()
-
-
-def train_and_test_hr20(name, data, epochs, overrides):
-    torch.manual_seed(0)
-    model, cfg = build_model(name, data.n_items, overrides)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["l2"])
-    loader = ExampleLoader(data.train, cfg["batch_size"], data.n_items, shuffle=True, seed=0)
-    for epoch in range(epochs):
-        model.train()
-        for batch in loader.batches(epoch):
-            optimizer.zero_grad()
-            loss, _ = model.loss(batch)
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    hits = []
-    with torch.no_grad():
-        for batch in ExampleLoader(data.test, 500, data.n_items).batches():
-            hits.append(pessimistic_hr20(model(batch), batch.y))
-    return torch.cat(hits).mean().item()
-
-
-def popularity_hr20(data):
-    counts = np.bincount(data.train.sessions.items, minlength=data.n_items + 1)[1:]
-    targets = torch.from_numpy(data.test.targets)
-    scores = torch.tensor(counts, dtype=torch.float32).expand(len(targets), -1)
-    return pessimistic_hr20(scores, targets).mean().item()
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_short_training_beats_popularity(tiny, name):
     # lr 1e-2 (not the reference 1e-3) so that 3 epochs on the tiny set are enough to learn the concepts.
-    hr = train_and_test_hr20(name, tiny, 3, {"dim": 32, "lr": 1e-2, "batch_size": 100})
+    hr = trained_hr20(name, tiny, 3, dim=32, lr=1e-2, batch_size=100)
     pop = popularity_hr20(tiny)
     print(f"{name}: test HR@20 {hr:.4f} vs popularity {pop:.4f}")
     assert hr > pop + 0.05
@@ -256,7 +223,7 @@ def test_training_on_synthetic_small_beats_popularity(name):
     from sbr_bench.data.synthetic import synthetic_dataset
 
     data = synthetic_dataset("small", seed=0)
-    hr = train_and_test_hr20(name, data, 3, {"dim": 64, "lr": 3e-3})
+    hr = trained_hr20(name, data, 3, dim=64, lr=3e-3)
     pop = popularity_hr20(data)
     print(f"{name} (small): test HR@20 {hr:.4f} vs popularity {pop:.4f}")
     assert hr > pop + 0.05
@@ -275,8 +242,8 @@ def test_training_on_real_diginetica_sample_beats_popularity(name):
     with open(folder / "test.txt", "rb") as f:
         test = Split.from_pairs(*pickle.load(f))
     n_items = int(max(train.sessions.items.max(), test.sessions.items.max()))
-    data = SimpleNamespace(train=train, test=test, n_items=n_items)
-    hr = train_and_test_hr20(name, data, 10, {"dim": 64, "lr": 3e-3, "batch_size": 50})
+    data = SimpleNamespace(train=train, valid=test, test=test, n_items=n_items)  # no validation split here
+    hr = trained_hr20(name, data, 10, dim=64, lr=3e-3, batch_size=50)
     pop = popularity_hr20(data)
     print(f"{name} (diginetica sample): test HR@20 {hr:.4f} vs popularity {pop:.4f}")
     assert hr > pop

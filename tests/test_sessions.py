@@ -1,4 +1,3 @@
-import numpy as np
 
 from sbr_bench.data.sessions import SessionDataset, Sessions, Split, split_validation
 

@@ -1,0 +1,33 @@
+"""Shared test helpers: short training through the suite's own trainer and evaluator."""
+
+import tempfile
+
+import torch
+
+from sbr_bench.evaluate import evaluate
+from sbr_bench.models.registry import build_model
+from sbr_bench.runs import Run
+from sbr_bench.train import train_model
+
+
+def test_hr20(model, dataset) -> float:
+    """Pessimistic test HR@20 (ties rank ahead of the target), in [0, 1]."""
+    return evaluate(model, dataset.test, dataset.n_items).metrics_pessimistic["HR@20"] / 100.0
+
+
+test_hr20.__test__ = False  # a helper, not a test
+
+
+def trained_hr20(name, dataset, epochs, seed=0, **overrides) -> float:
+    """Train `name` for `epochs` (selection on validation, as in real runs) and return its test HR@20."""
+    torch.manual_seed(seed)
+    model, cfg = build_model(name, dataset.n_items, dict(overrides, epochs=epochs, patience=epochs))
+    with tempfile.TemporaryDirectory() as tmp:
+        train_model(model, dataset, cfg, Run(tmp, name, seed), seed=seed, progress=False)
+    return test_hr20(model, dataset)
+
+
+def popularity_hr20(dataset) -> float:
+    pop, _ = build_model("pop", dataset.n_items)
+    pop.fit(dataset.train)
+    return test_hr20(pop, dataset)
