@@ -16,12 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sbr-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"sbr_bench.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"sbr_bench.commands.{name}":  # command not built yet
-                continue
-            raise
+        mod = importlib.import_module(f"sbr_bench.commands.{name}")
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(func=mod.main)

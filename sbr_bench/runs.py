@@ -12,7 +12,7 @@ runs/<run-id>/
   results.json        per model: mean ± std over seeds, timing, significance against the best model
   results.md          the same as Markdown tables (paper Table 2 style)
 ```
-A unit (model, seed) is finished when its summary.json exists; `--resume` skips finished units and
+A unit (model, seed) is finished when its summary.json says ok; `--resume` skips finished units, retries failed ones and
 continues an unfinished one from its checkpoint. Every file is written atomically (`sbr_bench.io`).
 """
 
@@ -88,7 +88,10 @@ class Run:
     ranks_path = property(lambda self: self.path / "ranks.npz")
 
     def is_finished(self) -> bool:
-        return self.summary_path.exists()
+        """Finished means finished well: `--resume` retries a failed unit (e.g. after an out-of-memory
+        failure, on another device)."""
+        summary = self.read_summary()
+        return summary is not None and summary.get("status") == "ok"
 
     def read_summary(self) -> dict | None:
         return read_json(self.summary_path) if self.summary_path.exists() else None
@@ -268,7 +271,7 @@ def table_rows(results: dict, markdown: bool = True) -> list[list[str]]:
     for name, m in results["models"].items():
         if m["status"] == "failed":
             reason = next(iter(m["failed"].values()), "failed")
-            rows.append([name, "failed", reason[:60], "", "", "", "", "", ""])
+            rows.append([name, "failed", reason[:60]] + [""] * (len(TABLE_HEADER) - 3))
             continue
         cells = [name]
         for metric in HEADLINE:

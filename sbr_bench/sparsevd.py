@@ -152,10 +152,6 @@ class SparseVD:
         """Eq. 3 per group: kept / total weights (log α below the threshold)."""
         return {g: kept / total for g, (kept, total) in self.counts().items()}
 
-    @torch.no_grad()
-    def layer_density(self) -> dict:
-        return {p: float(layer.kept().float().mean()) for p, layer in self.layers.items()}
-
 
 def kl_weight(preset: dict, epoch: int, step: int) -> float:
     """Linear KL annealing, per epoch (textbook) or per step (the authors' Fig. 3 runs), capped at 1."""

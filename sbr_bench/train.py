@@ -91,17 +91,10 @@ def _set_rng_state(state: dict) -> None:
 
 
 def evaluate_split(model, split, n_items: int, device, extra=None, batch_size: int = EVAL_BATCH_SIZE):
-    """Full-ranking evaluation of one split (sbr_bench.evaluate), in eval mode without gradients."""
-    from .evaluate import evaluate  # imported here: the evaluator is its own module
+    """Full-ranking evaluation of one split (`sbr_bench.evaluate`: eval mode, no gradients)."""
+    from .evaluate import evaluate
 
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    with torch.no_grad():
-        result = evaluate(model, split, n_items, batch_size=batch_size, device=str(device), extra=extra)
-    if was_training:
-        model.train()
-    return result
+    return evaluate(model, split, n_items, batch_size=batch_size, device=str(device), extra=extra)
 
 
 def make_optimizer(model, cfg: dict):
@@ -125,7 +118,7 @@ def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0
     seed_everything(seed, deterministic)
     try:
         if getattr(model, "trainable", True) is False:
-            return _fit_baseline(model, dataset, run, device)
+            return _fit_baseline(model, dataset, run, device, evaluate_test)
         return _Trainer(model, dataset, cfg, run, device, seed, progress, checkpoint_every).fit(
             max_epochs, evaluate_test)
     except OUT_OF_MEMORY as e:
@@ -151,13 +144,15 @@ def _length_buckets(result, split) -> dict:
     return bucket_metrics(result.ranks_optimistic, result.ranks_pessimistic, split.ex_len, ks=(10, 20))
 
 
-def _fit_baseline(model, dataset, run: Run, device) -> dict:
+def _fit_baseline(model, dataset, run: Run, device, evaluate_test: bool = True) -> dict:
     if hasattr(model, "to"):
         model.to(device)
     start = time.perf_counter()
     model.fit(dataset.train)  # training sessions only, like the neural models
     fit_s = time.perf_counter() - start
     valid = evaluate_split(model, dataset.valid, dataset.n_items, device)
+    if not evaluate_test:  # --profile
+        return {"status": "fitted", "timing": {"fit_s": fit_s, "eval_median_s": float(valid.seconds)}}
     test = evaluate_split(model, dataset.test, dataset.n_items, device)
     run.write_ranks(test, dataset.test.ex_len)
     summary = {
@@ -179,9 +174,9 @@ class _Trainer:
         self.device, self.seed, self.progress = device, seed, progress
         self.checkpoint_every = int(checkpoint_every or 0)
         self.extra = tuple(getattr(model, "extra_graphs", ()))
-        model.to(device)
-        if hasattr(model, "prepare"):
+        if hasattr(model, "prepare"):  # before moving: what prepare builds (buffers) moves with the model
             model.prepare(dataset.train)
+        model.to(device)
         self.optimizer, self.scheduler = make_optimizer(model, cfg)
         self.loader = ExampleLoader(dataset.train, cfg["batch_size"], dataset.n_items, shuffle=True, seed=seed,
                                     extra=self.extra)
@@ -241,7 +236,8 @@ class _Trainer:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         lr = self.optimizer.param_groups[0]["lr"]
-        bar = tqdm(total=len(self.loader), initial=st["batch"], disable=not self.progress, leave=False,
+        bar = tqdm(total=len(self.loader), initial=st["batch"], leave=False,
+                   disable=None if self.progress else True,  # None: off when not a terminal (logs, CI)
                    desc=f"{self.run.model} seed{self.seed} epoch {st['epoch']}", dynamic_ncols=True)
         batches = self.loader.batches(st["epoch"], st["batch"])
         while True:
@@ -313,6 +309,8 @@ class _Trainer:
         row["valid_nonfinite"] = int(valid.nonfinite)
         row["host_peak_rss_mb"] = _host_peak_rss_mb()
         score = valid.metrics[SELECTION_METRIC]
+        if not math.isfinite(score):
+            raise TrainingFailed(f"validation {SELECTION_METRIC} is {score} at epoch {st['epoch']}")
         if score > st["best_metric"]:  # strictly better: the earliest best epoch wins ties
             st.update(best_metric=score, best_epoch=st["epoch"], best_valid=valid.metrics, bad_epochs=0,
                       best_weights={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})

@@ -62,3 +62,11 @@ def test_loader_shuffles_deterministically_and_covers_everything(tiny):
     assert not torch.equal(seen, torch.cat([b.example_index for b in loader.batches(epoch=2)]))
     resumed = torch.cat([b.example_index for b in loader.batches(epoch=1, start_batch=3)])
     assert torch.equal(resumed, seen[3 * 64 :])
+
+
+def test_training_loader_never_yields_a_single_example_batch():
+    split = small_split()  # 9 examples
+    sizes = [b.num_graphs for b in ExampleLoader(split, 8, 7, shuffle=True).batches(0)]
+    assert sizes == [9]
+    assert [b.num_graphs for b in ExampleLoader(split, 8, 7).batches(0)] == [8, 1]  # evaluation: exact
+    assert len(ExampleLoader(split, 8, 7, shuffle=True)) == 1

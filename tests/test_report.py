@@ -1,6 +1,7 @@
 """End-to-end: record real (tiny) runs with the CLI, then rebuild every table and figure from them."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -85,3 +86,11 @@ def test_report_on_empty_folder_names_what_is_missing(tmp_path):
     (tmp_path / "runs").mkdir()
     assert main(["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 0
     assert "Missing runs" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_latex_tables_are_latex(recorded):
+    _, out = recorded
+    tex = (out / "table2_overall.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\*" not in tex
+    assert not re.search(r"\*\*\d", tex)  # no Markdown bold; marks are superscripts like $^{**}$
+    assert r"$\pm$" in tex  # two seeds: mean ± std

@@ -9,9 +9,10 @@ HELP = "train a model with SparseVD and record the density of each weight group 
 def add_arguments(p) -> None:
     from ..sparsevd import PRESETS
 
+    from .run import add_dataset_arguments
+
     p.add_argument("--model", default="srgnn", help="model name or ENCODER+READOUT (default: srgnn)")
-    p.add_argument("--dataset", default="synthetic", help="dataset name (default: synthetic)")
-    p.add_argument("--data-dir", default="datasets")
+    add_dataset_arguments(p)
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--preset", default="textbook", choices=sorted(PRESETS),
                    help="textbook SparseVD, or atten_mixer_fig3: the authors' settings (reference doc §9.2)")
@@ -32,14 +33,15 @@ def _config(args, dataset) -> dict:
     from ..models.registry import BaselineSpec, model_config, spec_for
     from ..runs import dataset_fingerprint
     from ..sparsevd import PRESETS
-    from .run import DEFAULT_CHECKPOINT_EVERY, epoch_cap, parse_sets
+    from .run import DEFAULT_CHECKPOINT_EVERY, check_models_build, dataset_spec, epoch_cap, parse_sets
 
     if isinstance(spec_for(args.model), BaselineSpec):
         raise UserError(f"--model {args.model}: a counting baseline has no weights to dissect")
     preset = dict(PRESETS[args.preset], name=args.preset)
     if args.threshold is not None:
         preset["threshold"] = args.threshold
-    overrides, _ = parse_sets(args.set, [args.model])
+    global_sets, scoped = parse_sets(args.set, [args.model])
+    overrides = {**global_sets, **scoped.get(args.model, {})}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if preset.get("weight_decay") is not None:
@@ -50,11 +52,12 @@ def _config(args, dataset) -> dict:
     cap = epoch_cap(dataset.name)
     if cap and "epochs" not in overrides:
         cfg["epochs"] = min(int(cfg["epochs"]), cap)
+    check_models_build({args.model: cfg}, dataset)
     return {
         "kind": "dissect", "models": [args.model], "cfg": {args.model: cfg}, "seeds": list(range(args.seeds)),
         "sparsevd": dict(preset, log_every=args.log_every, paths=[p for p in args.paths.split(",") if p]),
-        "dataset": {"name": args.dataset, "resolved_name": dataset.name, "data_dir": args.data_dir,
-                    "meta": dataset.meta, "fingerprint": dataset_fingerprint(dataset), "stats": dataset.stats()},
+        "dataset": dict(dataset_spec(args), resolved_name=dataset.name, meta=dataset.meta,
+                        fingerprint=dataset_fingerprint(dataset), stats=dataset.stats()),
         "device": args.device, "deterministic": False, "selection": "valid MRR@20",
         "checkpoint_every": DEFAULT_CHECKPOINT_EVERY,
     }
@@ -66,12 +69,12 @@ def dissect_unit(run_dir, config, dataset, seed, device, progress) -> dict:
     from ..io import write_json
     from ..models.registry import build_model
     from ..sparsevd import SparseVD, SparseVDModel
-    from ..train import seed_everything, train_model
+    from ..train import TrainingFailed, seed_everything, train_model
 
     name = config["models"][0]
     cfg, sv = config["cfg"][name], config["sparsevd"]
     unit = run_dir.unit(name, seed)
-    if unit.is_finished():
+    if unit.is_finished() and (unit.path / "density_final.json").exists():
         return unit.read_summary()
     seed_everything(seed)
     model, _ = build_model(name, dataset.n_items, cfg)
@@ -79,8 +82,12 @@ def dissect_unit(run_dir, config, dataset, seed, device, progress) -> dict:
     wrapped = SparseVDModel(model, sparse, sv, len(dataset.train), math.ceil(len(dataset.train) / cfg["batch_size"]),
                             sv["log_every"], unit.path / "density.jsonl")
     # Checkpoints mid-epoch too, like `run`: a killed dissection resumes with an identical record.
-    summary = train_model(wrapped, dataset, cfg, unit, device=device, seed=seed, progress=progress,
-                          checkpoint_every=config.get("checkpoint_every", 0))
+    try:
+        summary = train_model(wrapped, dataset, cfg, unit, device=device, seed=seed, progress=progress,
+                              checkpoint_every=config.get("checkpoint_every", 0))
+    except TrainingFailed as e:  # e.g. a non-finite variational loss: recorded, the other seeds go on
+        print(f"[{name} seed {seed}] FAILED: {e.reason}")
+        return unit.fail(e.reason)
     # The trainer has reloaded the best-validation weights (and their step): record their density apart
     # from the trajectory in density.jsonl, which already ends at the last training step.
     selected = wrapped.log_density(int(wrapped.step), int(wrapped.step) // wrapped.batches_per_epoch)
@@ -91,16 +98,19 @@ def dissect_unit(run_dir, config, dataset, seed, device, progress) -> dict:
 
 def main(args) -> int:
     from ..env import environment
-    from ..runs import RunDir, new_run_id
+    from ..errors import UserError
+    from ..runs import RunDir, dataset_fingerprint, new_run_id
     from ..train import resolve_device
-    from .run import load_dataset
+    from .run import dataset_spec, load_dataset
 
     if args.resume:
         run_dir = RunDir.open(args.resume, args.runs_dir)
         config = run_dir.config()
-        dataset = load_dataset(config["dataset"]["name"], config["dataset"]["data_dir"])
+        dataset = load_dataset(config["dataset"])
+        if dataset_fingerprint(dataset) != config["dataset"]["fingerprint"]:
+            raise UserError(f"--resume {args.resume}: the dataset differs from the one this run started with")
     else:
-        dataset = load_dataset(args.dataset, args.data_dir)
+        dataset = load_dataset(dataset_spec(args))
         config = _config(args, dataset)
         run_dir = RunDir.create(args.runs_dir, args.run_id or "dissect-" + new_run_id(config), config, environment())
     device = resolve_device(args.device)
@@ -113,6 +123,9 @@ def main(args) -> int:
 
     for seed in config["seeds"]:
         path = run_dir.unit(name, seed).path
+        if not (path / "density_final.json").exists():
+            print(f"  seed {seed}: failed ({run_dir.unit(name, seed).read_summary().get('reason')})")
+            continue
         rows = read_jsonl(path / "density.jsonl")
         final = read_json(path / "density_final.json")
         print(f"  seed {seed}: step {rows[0]['step']} -> step {rows[-1]['step']} (end of training); "

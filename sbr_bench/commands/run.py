@@ -9,6 +9,8 @@ import tempfile
 import time
 import traceback
 
+from ..errors import UserError
+
 HELP = "train and evaluate models on a dataset over seeds (Table 2 style results in runs/<run-id>/)"
 
 EPILOG = """\
@@ -31,8 +33,7 @@ def add_arguments(p) -> None:
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--models", help="all | table3 | comma-separated names | ENCODER+READOUT (default: all)")
-    p.add_argument("--dataset", help="dataset name (default: synthetic; synthetic:tiny is a small one)")
-    p.add_argument("--data-dir", default="datasets", help="where processed datasets are cached (default: datasets)")
+    add_dataset_arguments(p, default=None)
     p.add_argument("--runs-dir", default="runs", help="where run records go (default: runs)")
     p.add_argument("--seeds", type=int, help="number of seeds: 0..N-1 (default: 1)")
     p.add_argument("--seed-list", help="explicit comma-separated seeds, e.g. 0,3,7 (instead of --seeds)")
@@ -59,6 +60,26 @@ def add_arguments(p) -> None:
                    help="train one epoch per model, print the per-phase time breakdown and stop (nothing is kept)")
 
 
+def add_dataset_arguments(p, default="synthetic") -> None:
+    """--dataset and how to prepare it; shared by run, sweep and dissect (recorded in the run config)."""
+    p.add_argument("--dataset", default=default, help="dataset name (default: synthetic; synthetic:tiny is a "
+                   "small one; see `sbr-bench datasets list`)")
+    p.add_argument("--data-dir", default="datasets", help="where processed datasets are cached (default: datasets)")
+    p.add_argument("--protocol", choices=("srgnn", "lessr"), help="preprocessing protocol for a raw source "
+                   "(default: the dataset's own)")
+    p.add_argument("--valid-fraction", type=float, default=0.1,
+                   help="latest share of training sessions held out for validation (default: 0.1)")
+    p.add_argument("--protocol-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="protocol parameter, e.g. strict=true (repeatable)")
+
+
+def dataset_spec(args) -> dict:
+    """What identifies the processed dataset of a run; stored in config["dataset"] and reused on resume."""
+    return {"name": args.dataset or "synthetic", "data_dir": args.data_dir, "protocol": args.protocol,
+            "valid_fraction": args.valid_fraction,
+            "params": dict(parse_key_values(args.protocol_param, "--protocol-param"))}
+
+
 # --- configuration ------------------------------------------------------------------------------------
 
 def parse_value(text: str):
@@ -68,22 +89,29 @@ def parse_value(text: str):
         return text
 
 
-def parse_sets(items, models: list[str]) -> tuple[dict, dict]:
-    """--set KEY=VALUE / MODEL.KEY=VALUE -> (global overrides, {model: overrides})."""
-    from ..errors import UserError
+def parse_key_values(items, flag: str):
+    """KEY=VALUE strings -> (key, JSON-or-string value) pairs."""
 
-    global_sets, scoped = {}, {}
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise UserError(f"--set {item}: expected KEY=VALUE (e.g. --set lr=0.001)")
+            raise UserError(f"{flag} {item}: expected KEY=VALUE (e.g. {flag} lr=0.001)")
+        yield key, parse_value(value)
+
+
+def parse_sets(items, models: list[str]) -> tuple[dict, dict]:
+    """--set KEY=VALUE / MODEL.KEY=VALUE -> (global overrides, {model: overrides})."""
+
+    global_sets, scoped = {}, {}
+    for key, value in parse_key_values(items, "--set"):
+        item = f"{key}={value}"
         if "." in key:
             model, _, key = key.rpartition(".")
             if model not in models:
                 raise UserError(f"--set {item}: model '{model}' is not among --models ({', '.join(models)})")
-            scoped.setdefault(model, {})[key] = parse_value(value)
+            scoped.setdefault(model, {})[key] = value
         else:
-            global_sets[key] = parse_value(value)
+            global_sets[key] = value
     return global_sets, scoped
 
 
@@ -95,7 +123,6 @@ def epoch_cap(dataset_name: str) -> int | None:
 
 
 def model_configs(models: list[str], args, dataset_name: str) -> dict:
-    from ..errors import UserError
     from ..models.registry import model_config
 
     global_sets, scoped = parse_sets(args.set, models)
@@ -120,7 +147,6 @@ def model_configs(models: list[str], args, dataset_name: str) -> dict:
 
 
 def seed_list(args) -> list[int]:
-    from ..errors import UserError
 
     if args.seed_list:
         try:
@@ -136,24 +162,29 @@ def seed_list(args) -> list[int]:
     return list(range(n))
 
 
-def load_dataset(name: str, data_dir: str):
-    """The dataset module's loader when it exists; else the built-in synthetic generator."""
-    from ..errors import UserError
+def load_dataset(spec: dict):
+    """The processed dataset of a `dataset_spec`; every split must hold examples to train and select on."""
+    from ..data.dataset import load_dataset as load
 
-    try:
-        from ..data import dataset as dataset_module
-    except ModuleNotFoundError as e:
-        if e.name != "sbr_bench.data.dataset":
-            raise
-        dataset_module = None
-    loader = getattr(dataset_module, "load_dataset", None)
-    if loader is not None:
-        return loader(name, data_dir=data_dir)
-    if name == "synthetic" or name.startswith("synthetic:"):
-        from ..data.synthetic import synthetic_dataset
+    dataset = load(spec["name"], data_dir=spec["data_dir"], protocol=spec.get("protocol"),
+                   valid_fraction=spec.get("valid_fraction", 0.1), **spec.get("params", {}))
+    for split in ("train", "valid", "test"):
+        if len(getattr(dataset, split)) == 0:
+            raise UserError(f"--dataset {spec['name']}: the {split} split has no examples"
+                            + (" (raise --valid-fraction)" if split == "valid" else ""))
+    return dataset
 
-        return synthetic_dataset(name.partition(":")[2] or "small", seed=0)
-    raise UserError(f"--dataset {name}: unknown dataset (only synthetic and synthetic:SIZE are built in)")
+
+def check_models_build(configs: dict, dataset) -> None:
+    """Build every model once before any training, so a bad parameter is a usage error up front and not
+    a failure found after the models before it have trained."""
+    from ..models.registry import build_model
+
+    for name, cfg in configs.items():
+        try:
+            build_model(name, dataset.n_items, cfg)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"--models {name}: {e}") from None
 
 
 def new_config(args, dataset) -> dict:
@@ -162,16 +193,17 @@ def new_config(args, dataset) -> dict:
 
     models = resolve_names(args.models or "all")
     if not models:
-        from ..errors import UserError
 
         raise UserError(f"--models {args.models or 'all'}: no models available")
+    configs = model_configs(models, args, dataset.name)
+    check_models_build(configs, dataset)
     return {
         "command": " ".join(shlex.quote(a) for a in ["sbr-bench"] + sys.argv[1:]),
         "models": models,
-        "cfg": model_configs(models, args, dataset.name),
+        "cfg": configs,
         "seeds": seed_list(args),
-        "dataset": {"name": args.dataset or "synthetic", "resolved_name": dataset.name, "data_dir": args.data_dir,
-                    "meta": dataset.meta, "fingerprint": dataset_fingerprint(dataset), "stats": dataset.stats()},
+        "dataset": dict(dataset_spec(args), resolved_name=dataset.name, meta=dataset.meta,
+                        fingerprint=dataset_fingerprint(dataset), stats=dataset.stats()),
         "device": args.device or "auto",
         "deterministic": bool(args.deterministic),
         "checkpoint_every": DEFAULT_CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every,
@@ -183,7 +215,6 @@ def new_config(args, dataset) -> dict:
 
 
 def check_resume_args(args) -> None:
-    from ..errors import UserError
 
     fixed = {"--models": args.models, "--dataset": args.dataset, "--seeds": args.seeds,
              "--seed-list": args.seed_list, "--epochs": args.epochs, "--batch-size": args.batch_size,
@@ -197,7 +228,6 @@ def check_resume_args(args) -> None:
 
 def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config: dict, progress: bool):
     """Train one model with one seed; record a failure instead of raising (the other units go on)."""
-    from ..errors import UserError
     from ..io import write_text
     from ..models.registry import build_model
     from ..train import TrainingFailed, seed_everything, train_model
@@ -217,7 +247,7 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
     except TrainingFailed as e:
         print(f"[{name} seed {seed}] FAILED: {e.reason}", file=sys.stderr)
         return unit.fail(e.reason)
-    except (UserError, KeyboardInterrupt):
+    except KeyboardInterrupt:
         raise
     except Exception as e:  # a broken model must not take the other models down
         write_text(unit.path / "error.txt", traceback.format_exc())
@@ -247,8 +277,9 @@ def profile(config: dict, dataset, device, progress: bool) -> int:
             try:
                 out = train_model(model, dataset, cfg, unit, device=device, seed=seed, progress=progress,
                                   max_epochs=1, evaluate_test=False, deterministic=config["deterministic"])
-            except TrainingFailed as e:
-                rows.append([name, "failed: " + e.reason] + [""] * 6)
+            except Exception as e:  # noqa: BLE001 - a broken model must not stop the profile of the others
+                reason = e.reason if isinstance(e, TrainingFailed) else f"{type(e).__name__}: {e}"
+                rows.append([name, "failed: " + reason[:80]] + [""] * 6)
                 continue
             if out.get("status") != "profiled":  # a baseline: fitted, not trained
                 t = out["timing"]
@@ -269,7 +300,6 @@ def profile(config: dict, dataset, device, progress: bool) -> int:
 def main(args) -> int:
     from ..env import environment
     from ..runs import RunDir, new_run_id, results_text
-    from ..errors import UserError
     from ..train import resolve_device
 
     progress = not args.no_progress
@@ -280,6 +310,8 @@ def main(args) -> int:
 
         torch.set_num_threads(args.threads)  # before env.json records torch_threads
     if args.resume:
+        if args.profile:
+            raise UserError("--profile trains one epoch and keeps nothing; it does not combine with --resume")
         check_resume_args(args)
         run_dir = RunDir.open(args.resume, args.runs_dir)
         config = run_dir.config()
@@ -287,7 +319,7 @@ def main(args) -> int:
             config["checkpoint_every"] = args.checkpoint_every
         if args.deterministic:
             config["deterministic"] = True
-        dataset = load_dataset(config["dataset"]["name"], config["dataset"]["data_dir"])
+        dataset = load_dataset(config["dataset"])
         from ..runs import dataset_fingerprint
 
         if dataset_fingerprint(dataset) != config["dataset"]["fingerprint"]:
@@ -299,15 +331,17 @@ def main(args) -> int:
         write_json(run_dir.path / f"env.resume-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json",
                    environment())
     else:
-        dataset = load_dataset(args.dataset or "synthetic", args.data_dir)
+        dataset = load_dataset(dataset_spec(args))
         config = new_config(args, dataset)
         device = resolve_device(config["device"])
         if args.profile:
             return profile(config, dataset, device, progress)
+        if config["deterministic"]:  # so that env.json records the flags in force
+            from ..train import seed_everything
+
+            seed_everything(0, deterministic=True)
         hashed = {k: config[k] for k in ("models", "cfg", "seeds", "dataset", "deterministic")}
         run_dir = RunDir.create(args.runs_dir, args.run_id or new_run_id(hashed), config, environment())
-    if args.profile:
-        return profile(config, dataset, device, progress)
 
     print(f"run {run_dir.run_id}: {len(config['models'])} model(s) x {len(config['seeds'])} seed(s) on "
           f"{config['dataset']['resolved_name']} ({len(dataset.train)} train / {len(dataset.valid)} valid / "

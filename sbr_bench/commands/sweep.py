@@ -9,6 +9,7 @@ import json
 import re
 
 from ..errors import UserError
+from .run import add_dataset_arguments
 
 HELP = "sweep one model parameter over values (each point a normal run with seeds; resumable)"
 
@@ -17,8 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default="attenmixer", help="model name or ENCODER+READOUT (default: attenmixer)")
     p.add_argument("--param", required=True, help="config key to vary, e.g. levels or heads")
     p.add_argument("--values", required=True, help="A..B (integers) or comma-separated values, e.g. 1..8 or 1,2,4,8")
-    p.add_argument("--dataset", default="synthetic")
-    p.add_argument("--data-dir", default="datasets")
+    add_dataset_arguments(p)
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--epochs", type=int)
@@ -51,7 +51,8 @@ def parse_values(text: str) -> list:
 def point_args(args, value) -> argparse.Namespace:
     """The `run` arguments of one sweep point."""
     return argparse.Namespace(
-        models=args.model, dataset=args.dataset, data_dir=args.data_dir, runs_dir=args.runs_dir, seeds=args.seeds,
+        models=args.model, dataset=args.dataset, data_dir=args.data_dir, protocol=args.protocol,
+        valid_fraction=args.valid_fraction, protocol_param=args.protocol_param, runs_dir=args.runs_dir, seeds=args.seeds,
         seed_list=None, epochs=args.epochs, device=args.device, batch_size=None,
         set=list(args.set) + [f"{args.param}={json.dumps(value)}"], run_id=None, resume=None, checkpoint_every=None,
         deterministic=False, no_progress=args.no_progress, profile=False)
@@ -62,33 +63,40 @@ def main(args) -> int:
     from ..models.registry import model_config
     from ..runs import RunDir
     from ..train import resolve_device
-    from .run import load_dataset, new_config, train_unit
+    from .run import dataset_spec, load_dataset, new_config, train_unit
 
     values = parse_values(args.values)
     if args.param not in model_config(args.model):
         raise UserError(f"--param {args.param}: '{args.model}' has no such parameter; it has: "
                         f"{', '.join(sorted(model_config(args.model)))}")
     sweep_id = args.sweep_id or re.sub(r"[^A-Za-z0-9_.+-]", "_", f"sweep-{args.model}-{args.param}-{args.dataset}")
-    dataset = load_dataset(args.dataset, args.data_dir)
+    dataset = load_dataset(dataset_spec(args))
     device = resolve_device(args.device)
     rows = []
     for value in values:
         run_id = f"{sweep_id}-{args.param}{value}"
+        config = new_config(point_args(args, value), dataset)
+        config["sweep"] = {"id": sweep_id, "model": args.model, "param": args.param, "value": value}
         try:
             run_dir = RunDir.open(run_id, args.runs_dir)
-            config = run_dir.config()
-            print(f"point {args.param}={value}: continuing {run_dir.path}")
         except UserError:  # not started yet
-            config = new_config(point_args(args, value), dataset)
-            config["sweep"] = {"id": sweep_id, "model": args.model, "param": args.param, "value": value}
             run_dir = RunDir.create(args.runs_dir, run_id, config, environment())
             print(f"point {args.param}={value}: {run_dir.path}")
+        else:  # continue it, but only with the same settings: a sweep must not mix configurations
+            recorded = run_dir.config()
+            same = ("cfg", "seeds", "deterministic")
+            if any(recorded[k] != config[k] for k in same) or \
+                    recorded["dataset"]["fingerprint"] != config["dataset"]["fingerprint"]:
+                raise UserError(f"sweep point {run_dir.path} was started with other settings (model config, "
+                                "seeds or dataset); use another --sweep-id or the original options")
+            config = recorded
+            print(f"point {args.param}={value}: continuing {run_dir.path}")
         for seed in config["seeds"]:
             train_unit(run_dir, args.model, config["cfg"][args.model], seed, dataset, device, config,
                        not args.no_progress)
         test = run_dir.write_results()["models"][args.model]["test"]
         rows.append((value, test.get("HR@20", {}).get("mean"), test.get("MRR@20", {}).get("mean")))
-    print(f"\n{args.model} on {args.dataset}, {args.param} sweep (test, mean over {args.seeds} seed(s)):")
+    print(f"\n{args.model} on {args.dataset}, {args.param} sweep (test, mean over {len(config['seeds'])} seed(s)):")
     for value, hr, mrr in rows:
         fmt = lambda x: "failed" if x is None else f"{x:.2f}"  # noqa: E731
         print(f"  {args.param}={value!s:6s} HR@20 {fmt(hr):>7s}  MRR@20 {fmt(mrr):>7s}")

@@ -154,14 +154,24 @@ class SessionGraphDataset(PygDataset):
 class ExampleLoader:
     """Iterates `Batch`es over a split with the vectorised collate (optionally shuffled per epoch).
 
-    `start_batch` skips the first batches of an epoch (resuming mid-epoch with the same order)."""
+    `start_batch` skips the first batches of an epoch (resuming mid-epoch with the same order). When
+    shuffling (training), a last batch of a single example joins the one before: BatchNorm layers
+    (LESSR) cannot normalise one example."""
 
     def __init__(self, split: Split, batch_size: int, n_items: int, shuffle=False, seed=0, extra=()):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.split, self.batch_size, self.n_items = split, int(batch_size), n_items
         self.shuffle, self.seed, self.extra = shuffle, seed, tuple(extra)
 
+    def _starts(self) -> list[int]:
+        starts = list(range(0, len(self.split), self.batch_size))
+        if self.shuffle and len(starts) > 1 and len(self.split) - starts[-1] == 1:
+            starts.pop()
+        return starts + [len(self.split)]
+
     def __len__(self) -> int:
-        return (len(self.split) + self.batch_size - 1) // self.batch_size
+        return len(self._starts()) - 1
 
     def order(self, epoch: int = 0) -> np.ndarray:
         if not self.shuffle:
@@ -169,9 +179,9 @@ class ExampleLoader:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
 
     def batches(self, epoch: int = 0, start_batch: int = 0):
-        order = self.order(epoch)
-        for b in range(start_batch, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+        order, starts = self.order(epoch), self._starts()
+        for b in range(start_batch, len(starts) - 1):
+            idx = order[starts[b] : starts[b + 1]]
             batch = collate_examples(self.split, idx, self.n_items, self.extra)
             batch.example_index = torch.from_numpy(idx)
             yield batch

@@ -109,7 +109,7 @@ SPECS = {
         encoder=lambda n_items, cfg: SRGNNEncoder.from_cfg(cfg),
         readout=GCSANReadout.from_cfg,
         scorer=lambda cfg: DotScorer(),
-        defaults=dict(dim=120, batch_size=50, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30,
+        defaults=dict(dim=120, batch_size=50, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30, dropout=0.0,
                       patience=10, step=1, gate_flip_compat=False, edge_count_weights=False,
                       blocks=4, heads=1, omega=0.52, ffn_dropout=0.2,
                       share_blocks_compat=False, attn_unmasked_compat=False),

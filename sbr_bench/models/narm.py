@@ -87,7 +87,7 @@ class NARMReadout(Readout):
     def forward(self, enc: Encoded, batch) -> Tensor:
         c_g = enc.last_h
         e = self.v(torch.sigmoid(self.a1(c_g)[enc.pos_batch] + self.a2(enc.h)))  # [P, 1]
-        alpha = softmax(e, enc.pos_batch, num_nodes=enc.h.size(0)) if self.attn_softmax else e
+        alpha = softmax(e, enc.pos_batch, num_nodes=enc.num_sessions) if self.attn_softmax else e
         c_l = scatter(alpha * enc.h, enc.pos_batch, dim=0, dim_size=enc.num_sessions, reduce="sum")
         return self.b(self.dropout(torch.cat([c_g, c_l], dim=-1)))
 

@@ -20,8 +20,10 @@ from ..errors import UserError
 # Training defaults shared by the reference code bases (SR-GNN lineage); each spec overrides its own.
 TRAIN_DEFAULTS = dict(
     dim=100, batch_size=100, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30, patience=3,
-    optimizer="adam", dropout=0.0, scheduler_at_start_compat=False,
+    optimizer="adam", scheduler_at_start_compat=False,
 )
+
+AT_LEAST_ONE = ("epochs", "batch_size", "dim")
 
 MODEL_MODULES = [
     "sbr_bench.models.attenmixer",
@@ -68,13 +70,7 @@ def specs() -> dict:
     if _SPECS is None:
         found = {}
         for mod_name in MODEL_MODULES:
-            try:
-                mod = importlib.import_module(mod_name)
-            except ModuleNotFoundError as e:
-                if e.name == mod_name:  # that model is not written yet
-                    continue
-                raise
-            found.update(getattr(mod, "SPECS", {}))
+            found.update(importlib.import_module(mod_name).SPECS)
         _SPECS = found
     return _SPECS
 
@@ -123,6 +119,12 @@ def model_config(name: str, overrides: dict | None = None) -> dict:
     for key, value in (overrides or {}).items():
         if key not in cfg:
             raise UserError(f"--set {key}=...: '{name}' has no parameter '{key}'; it has: {', '.join(sorted(cfg))}")
+        default = cfg[key]
+        number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+        if number(default) and not number(value):
+            raise UserError(f"--set {key}={value}: '{key}' is a number (default {default})")
+        if key in AT_LEAST_ONE and value < 1:
+            raise UserError(f"--set {key}={value}: must be at least 1")
         cfg[key] = value
     return cfg
 

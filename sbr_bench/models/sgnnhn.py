@@ -177,7 +177,7 @@ SPECS = {
         encoder=lambda n_items, cfg: StarEncoder.from_cfg(cfg),
         readout=lambda cfg: SGNNHNReadout(cfg["dim"], cfg["max_positions"], cfg["forward_positions_compat"]),
         scorer=make_scorer,
-        defaults=dict(dim=256, batch_size=100, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30,
+        defaults=dict(dim=256, batch_size=100, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30, dropout=0.0,
                       patience=10, step=2, highway=True, star_gate_softmax_compat=False,
                       star_plain_dot_compat=False, forward_positions_compat=False,
                       gate_flip_compat=False, edge_count_weights=False,

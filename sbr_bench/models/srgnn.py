@@ -158,7 +158,7 @@ SPECS = {
         encoder=lambda n_items, cfg: SRGNNEncoder.from_cfg(cfg),
         readout=lambda cfg: SRGNNReadout(cfg["dim"], cfg["nonhybrid"]),
         scorer=lambda cfg: DotScorer(),
-        defaults=dict(dim=100, batch_size=100, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30,
+        defaults=dict(dim=100, batch_size=100, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30, dropout=0.0,
                       patience=10, step=1, nonhybrid=False, gate_flip_compat=False, edge_count_weights=False),
         readout_params=("nonhybrid",),
         doc="SR-GNN: gated GNN over the session graph, unnormalised soft-attention readout, dot scores",

@@ -11,9 +11,11 @@ from . import figures, tables
 from .records import load_runs
 
 
-def _write_table(out: Path, name: str, tidy: pd.DataFrame, shown: pd.DataFrame, caption: str) -> str:
+def _write_table(out: Path, name: str, tidy: pd.DataFrame, shown: pd.DataFrame, caption: str,
+                 shown_tex: pd.DataFrame | None = None) -> str:
     write_text(out / f"{name}.csv", tidy.to_csv(index=False))
-    write_text(out / f"{name}.tex", tables.to_latex(shown, caption) if not shown.empty else "% no runs\n")
+    tex = shown if shown_tex is None else shown_tex
+    write_text(out / f"{name}.tex", tables.to_latex(tex, caption) if not tex.empty else "% no runs\n")
     return f"## {caption}\n\n{tables.to_markdown(shown)}\n\nFiles: `{name}.csv` (exact numbers), `{name}.tex`.\n"
 
 
@@ -31,12 +33,14 @@ def build_report(runs_dir="runs", out_dir="reports/latest") -> Path:
     parts.append(_write_table(out, "table1_datasets", t1, t1, "Table 1: dataset statistics"))
     t2 = tables.table2(records)
     parts.append(_write_table(out, "table2_overall", t2, tables.wide(t2),
-                              "Table 2: HR@20, MRR@20 and seconds per training epoch (median)"))
+                              "Table 2: HR@20, MRR@20 and seconds per training epoch (median)",
+                              tables.wide(t2, latex=True)))
     t3 = tables.table3(records)
     parts.append(_write_table(out, "table3_with_attenmixer", t3, tables.table3_wide(t3),
                               "Table 3: encoders with their own readout vs with Atten-Mixer"))
     t4 = tables.table4(records)
-    parts.append(_write_table(out, "table4_ablations", t4, tables.wide(t4), "Table 4: Atten-Mixer ablations"))
+    parts.append(_write_table(out, "table4_ablations", t4, tables.wide(t4), "Table 4: Atten-Mixer ablations",
+                              tables.wide(t4, latex=True)))
 
     made = [
         ("Figure 3", figures.figure3_density(records, out)),

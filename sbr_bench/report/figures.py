@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..evaluate import bucket_metrics  # noqa: E402
+from ..io import atomic_path  # noqa: E402
 from .records import latest_with  # noqa: E402
 
 FORMATS = ("png", "svg", "pdf")
@@ -24,7 +25,8 @@ PHASES = ("data", "forward", "backward", "eval")
 
 def _save(fig, out_dir, name):
     for fmt in FORMATS:
-        fig.savefig(out_dir / f"{name}.{fmt}", bbox_inches="tight", dpi=120)
+        with atomic_path(out_dir / f"{name}.{fmt}") as tmp:
+            fig.savefig(tmp, format=fmt, bbox_inches="tight", dpi=120)
     plt.close(fig)
     return name
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..io import read_json, read_jsonl
 from ..runs import RunDir, collect_results
 
@@ -89,7 +87,3 @@ def latest_with(records, dataset: str, model: str, kind="run", sweep=False) -> R
         if entry and entry["status"] != "failed":
             return rec
     return None
-
-
-def mean_of(values) -> float:
-    return float(np.mean(values)) if len(values) else float("nan")

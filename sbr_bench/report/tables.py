@@ -149,9 +149,13 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _tex(value) -> str:
+    return str(value).replace("_", r"\_").replace("%", r"\%")
+
+
 def to_latex(df: pd.DataFrame, caption: str) -> str:
-    cols = " & ".join(str(c).replace("_", r"\_").replace("@", "@") for c in df.columns)
-    body = "\n".join(" & ".join(str(v).replace("_", r"\_").replace("%", r"\%") for v in row) + r" \\"
+    cols = " & ".join(_tex(c) for c in df.columns)
+    body = "\n".join(" & ".join(_tex(v) for v in row) + r" \\"
                      for row in df.itertuples(index=False))
     return (f"\\begin{{table}}[t]\n\\centering\n\\caption{{{caption}}}\n"
             f"\\begin{{tabular}}{{{'l' * len(df.columns)}}}\n\\toprule\n{cols} \\\\\n\\midrule\n{body}\n"
