@@ -137,6 +137,15 @@ def _result_fields(prefix: str, result) -> dict:
             f"{prefix}_eval_s": float(result.seconds)}
 
 
+def _audit(model, dataset, device) -> dict:
+    """Leakage audit (evaluation pitfall 4), on the validation split so the test is still used once:
+    evaluated again shuffled and with another batch size, per-example ranks must not change. Differences
+    mean the model mixes sessions of a batch at inference (or, rarely, float noise across batch sizes)."""
+    from .evaluate import audit_order_invariance
+
+    return audit_order_invariance(model, dataset.valid, dataset.n_items, EVAL_BATCH_SIZE, str(device))
+
+
 def _length_buckets(result, split) -> dict:
     """Test metrics per prefix-length bucket (short <= 5 < long, as in the paper's Figure 7)."""
     from .evaluate import bucket_metrics
@@ -160,7 +169,7 @@ def _fit_baseline(model, dataset, run: Run, device, evaluate_test: bool = True) 
         "valid": valid.metrics, "test": test.metrics,
         "timing": {"fit_s": fit_s, "eval_median_s": float(valid.seconds), "host_peak_rss_mb": _host_peak_rss_mb()},
         **_result_fields("valid", valid), **_result_fields("test", test),
-        "test_by_length": _length_buckets(test, dataset.test),
+        "test_by_length": _length_buckets(test, dataset.test), "audit": _audit(model, dataset, device),
     }
     run.write_summary(summary)
     return summary
@@ -342,6 +351,7 @@ class _Trainer:
             "selection": f"valid {SELECTION_METRIC}", "valid": st["best_valid"] or {}, "test": test.metrics,
             "timing": timing, "n_parameters": sum(p.numel() for p in self.model.parameters()),
             **_result_fields("test", test), "test_by_length": _length_buckets(test, self.dataset.test),
+            "audit": _audit(self.model, self.dataset, self.device),
         }
         self.run.write_summary(summary)
         # Keep only the selected weights: enough for later analysis, a fraction of the full state.

@@ -44,7 +44,9 @@ def test_table_numbers_equal_the_run_records(recorded):
     runs, out = recorded
     t2 = pd.read_csv(out / "table2_overall.csv")
     for model in ("pop", "srgnn", "attenmixer"):
-        per_seed = [read_json(runs / "main" / model / f"seed{s}" / "summary.json")["test"] for s in (0, 1)]
+        summaries = [read_json(runs / "main" / model / f"seed{s}" / "summary.json") for s in (0, 1)]
+        assert all(s["audit"]["examples"] > 0 for s in summaries)  # the leakage audit ran
+        per_seed = [s["test"] for s in summaries]
         for metric in ("HR@20", "MRR@20"):
             row = t2[(t2.model == model) & (t2.metric == metric)].iloc[0]
             values = [p[metric] for p in per_seed]
