@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -45,6 +46,18 @@ class Encoded:
     @property
     def num_sessions(self) -> int:
         return self.last.numel()
+
+
+def gru_update(gx: Tensor, gh: Tensor, h: Tensor, flip: bool = False) -> Tensor:
+    """One GRU step from the input projection gx = x2h(x) and hidden projection gh = h2h(h), gates in
+    nn.GRU's order (r, z, n): h' = (1-z)·n + z·h; `flip` is the RecBole/GC-SAN-code convention
+    h' = (1-z)·h + z·n. Models keep x2h/h2h as separate Linears so SparseVD can measure each."""
+    xr, xz, xn = gx.chunk(3, dim=-1)
+    hr, hz, hn = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * h + z * n if flip else (1 - z) * n + z * h
 
 
 class Component(nn.Module):

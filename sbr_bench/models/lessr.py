@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
 from ..errors import UserError
-from .base import DotScorer, Encoded, Encoder, Readout
+from .base import DotScorer, Encoded, Encoder, Readout, gru_update
 from .registry import ModelSpec
 
 
@@ -79,13 +79,7 @@ class GRUGates(nn.Module):
 
     def step(self, gx: Tensor, h: Tensor) -> Tensor:
         """gx = x2h(x) precomputed for the step's inputs; h the previous states."""
-        gh = self.h2h(h)
-        xr, xz, xn = gx.chunk(3, dim=-1)
-        hr, hz, hn = gh.chunk(3, dim=-1)
-        r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        return (1 - z) * n + z * h
+        return gru_update(gx, self.h2h(h), h)
 
 
 def last_gru_state(gru: GRUGates, feat: Tensor, edge_index: Tensor) -> Tensor:

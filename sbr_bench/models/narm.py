@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax, to_dense_batch
 
-from .base import DotScorer, Encoded, Encoder, Readout
+from .base import DotScorer, Encoded, Encoder, Readout, gru_update
 from .registry import ModelSpec
 
 
@@ -58,12 +58,7 @@ class NARMEncoder(Encoder):
         h = gi.new_zeros(gi.size(0), self.dim)
         states = []
         for t in range(gi.size(1)):
-            i_r, i_z, i_n = gi[:, t].chunk(3, dim=-1)
-            h_r, h_z, h_n = self.h2h(h).chunk(3, dim=-1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)
-            h = (1 - z) * n + z * h
+            h = gru_update(gi[:, t], self.h2h(h), h)
             states.append(h)
         packed = torch.stack(states, dim=1)[mask]  # [P, d], back in alias order
         return Encoded(packed, batch.alias_batch, batch.last, batch.length)

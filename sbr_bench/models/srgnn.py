@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from .base import DotScorer, Encoded, Encoder, Readout
+from .base import DotScorer, Encoded, Encoder, Readout, gru_update
 from .registry import ModelSpec
 
 
@@ -74,16 +74,8 @@ class GatedSessionCell(nn.Module):
         return torch.cat([a_in, a_out], dim=-1)
 
     def forward(self, h: Tensor, edge_index: Tensor, edge_count: Tensor | None = None) -> Tensor:
-        gi = self.x2h(self.aggregate(h, edge_index, edge_count))
-        gh = self.h2h(h)
-        i_r, i_z, i_n = gi.chunk(3, dim=-1)
-        h_r, h_z, h_n = gh.chunk(3, dim=-1)
-        r = torch.sigmoid(i_r + h_r)
-        z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
-        if self.gate_flip_compat:
-            return (1 - z) * h + z * n
-        return (1 - z) * n + z * h
+        gx = self.x2h(self.aggregate(h, edge_index, edge_count))
+        return gru_update(gx, self.h2h(h), h, flip=self.gate_flip_compat)
 
     @staticmethod
     def groups(prefix: str) -> dict[str, list[str]]:
