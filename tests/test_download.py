@@ -240,3 +240,17 @@ def test_sha256_file_matches_hashlib(tmp_path):
     p = Path(tmp_path) / "x"
     p.write_bytes(DATA)
     assert sha256_file(p, chunk=1000) == DIGEST
+
+
+def test_disk_error_is_not_retried_as_a_network_error(server, tmp_path, monkeypatch):
+    from sbr_bench.data import download as dl
+
+    def full_disk(f, block, part):
+        raise dl._DiskError(f"cannot write {part}: No space left on device")
+
+    monkeypatch.setattr(dl, "_write", full_disk)
+    server.files["/f.bin"] = DATA
+    with pytest.raises(UserError, match="No space left") as err:
+        download(server.url("/f.bin"), tmp_path / "f.bin", retries=3, backoff=0, progress=False)
+    assert not isinstance(err.value, DownloadError)
+    assert len(server.requests) == 1  # no retry

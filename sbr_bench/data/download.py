@@ -173,12 +173,27 @@ def _transfer(url, part, have, chunk, timeout, progress):
         try:
             with open(part, mode) as f:
                 while block := _read(resp, chunk, have + received):
-                    f.write(block)  # a disk error here is not a network error: it propagates as is
+                    _write(f, block, part)
                     received += len(block)
                     bar.update(len(block))
+        except OSError as e:
+            if isinstance(e, _DiskError):
+                raise UserError(str(e)) from None  # not a network error: no retry
+            raise
         finally:
             bar.close()
         return total
+
+
+class _DiskError(OSError):
+    """Writing the download failed (disk full, permissions): retrying the network will not help."""
+
+
+def _write(f, block, part) -> None:
+    try:
+        f.write(block)
+    except OSError as e:
+        raise _DiskError(f"cannot write {part}: {e.strerror or e}") from None
 
 
 def _read(resp, chunk, so_far):
