@@ -28,7 +28,7 @@ import torch
 from torch_geometric.data import Batch, Data
 from torch_geometric.data import Dataset as PygDataset
 
-from .sessions import Split
+from .sessions import Split, slice_gather
 
 EXTRA_GRAPHS = ("eop", "shortcut")
 
@@ -53,10 +53,7 @@ def _positions(split: Split, index: np.ndarray):
     """Flat item array of the prefixes of examples `index`, the example of each position, and targets."""
     lengths = split.ex_len[index]
     starts = split.sessions.offsets[split.ex_seq[index]]
-    n_pos = int(lengths.sum())
-    pos_ptr = np.zeros(len(index) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=pos_ptr[1:])
-    gather = np.repeat(starts - pos_ptr[:-1], lengths) + np.arange(n_pos, dtype=np.int64)
+    gather, pos_ptr = slice_gather(starts, lengths)
     items = split.sessions.items[gather]
     targets = split.sessions.items[starts + lengths]
     pos_batch = np.repeat(np.arange(len(index), dtype=np.int64), lengths)

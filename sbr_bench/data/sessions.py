@@ -18,6 +18,15 @@ import numpy as np
 from ..io import atomic_path
 
 
+def slice_gather(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the slices [starts[i], starts[i] + lengths[i]) concatenated, and the offsets
+    (CSR pointer) of each slice in that flat array — one vectorised gather instead of a Python loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=ptr[1:])
+    return np.repeat(np.asarray(starts, dtype=np.int64) - ptr[:-1], lengths) + np.arange(ptr[-1]), ptr
+
+
 @dataclass
 class Sessions:
     items: np.ndarray  # int64 [clicks], item ids 1..n_items
@@ -49,11 +58,7 @@ class Sessions:
     def subset(self, index) -> "Sessions":
         """The sessions at `index` (an int array), in that order."""
         index = np.asarray(index, dtype=np.int64)
-        lengths = self.lengths[index]
-        offsets = np.zeros(len(index) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        starts = self.offsets[index]
-        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        gather, offsets = slice_gather(self.offsets[index], self.lengths[index])
         times = None if self.end_time is None else self.end_time[index]
         return Sessions(self.items[gather], offsets, times)
 

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from ..errors import UserError
+from ..data.sessions import slice_gather
 from .base import DotScorer, Encoded, Encoder, Readout
 from .registry import ModelSpec
 
@@ -75,10 +76,7 @@ def hyperedge_items(train, hyperedges: str = "sessions") -> tuple[np.ndarray, np
         lengths = sessions.lengths
         return np.repeat(np.arange(len(sessions), dtype=np.int64), lengths), sessions.items
     lengths = train.ex_len.astype(np.int64)
-    starts = sessions.offsets[train.ex_seq]
-    ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=ptr[1:])
-    gather = np.repeat(starts - ptr[:-1], lengths) + np.arange(ptr[-1], dtype=np.int64)
+    gather, _ = slice_gather(sessions.offsets[train.ex_seq], lengths)
     return np.repeat(np.arange(len(lengths), dtype=np.int64), lengths), sessions.items[gather]
 
 
