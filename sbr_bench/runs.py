@@ -249,14 +249,21 @@ def _timing_over_seeds(timings: list[dict]) -> dict:
     return out
 
 
+def format_cell(mean, std, seeds, mark="", bold=False, style="markdown") -> str:
+    """'mean ± std' (± only with several seeds) plus a significance mark, as text, Markdown or LaTeX."""
+    text = f"{mean:.2f}" + (f" ± {std:.2f}" if seeds and seeds > 1 else "")
+    if style == "latex":
+        text = text.replace("±", r"$\pm$")
+        return (rf"\textbf{{{text}}}" if bold else text) + (f"$^{{{mark}}}$" if mark else "")
+    if style == "markdown":
+        return (f"**{text}**" if bold else text) + mark.replace("*", r"\*")
+    return text + mark
+
+
 def _cell(stat: dict | None, mark: str = "", bold: bool = False, markdown: bool = True) -> str:
     if not stat:
         return "–"
-    text = f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat["n"] > 1 else "")
-    if markdown:
-        mark = mark.replace("*", r"\*")
-        text = f"**{text}**" if bold else text
-    return text + mark
+    return format_cell(stat["mean"], stat["std"], stat["n"], mark, bold, "markdown" if markdown else "text")
 
 
 def _time_cell(timing: dict) -> str:

@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from ..errors import UserError
 from ..data.sessions import slice_gather
+from ..errors import UserError
 from .base import DotScorer, Encoded, Encoder, Readout
 from .registry import ModelSpec
 

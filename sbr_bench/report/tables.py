@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 from ..models.registry import TABLE2_ORDER, TABLE3
+from ..runs import HEADLINE, format_cell
 from .records import latest_with
 
-HEADLINE = ("HR@20", "MRR@20")
 TABLE3_ENCODERS = ("srgnn", "sgnnhn", "gcsan", "dhcn")  # LESSR's wide states do not compose
 ABLATIONS = ("attenmixer", "attenmixer-M", "attenmixer-IP", "attenmixer-LI", "attenmixer-LP")
 
@@ -109,22 +109,13 @@ def expected_missing(records) -> list[str]:
     return missing
 
 
-def cell(mean, std, seeds, mark="", bold=False, digits=2, latex=False) -> str:
-    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if seeds and seeds > 1 else "")
-    if latex:
-        text = text.replace("±", r"$\pm$")
-        text = rf"\textbf{{{text}}}" if bold else text
-        return text + (f"$^{{{mark}}}$" if mark else "")
-    text = f"**{text}**" if bold else text
-    return text + mark.replace("*", r"\*")
-
-
 def wide(df: pd.DataFrame, row_key="model", latex=False) -> pd.DataFrame:
     """Long metric rows -> one formatted row per model, a column per (dataset, metric)."""
     if df.empty:
         return df
-    cells = df.apply(lambda r: cell(r["mean"], r["std"], r["seeds"], r["mark"],
-                                    r["best"] and r["best_significant"], latex=latex), axis=1)
+    cells = df.apply(lambda r: format_cell(r["mean"], r["std"], r["seeds"], r["mark"],
+                                           r["best"] and r["best_significant"], "latex" if latex else "markdown"),
+                     axis=1)
     out = df.assign(cell=cells).pivot_table(index=row_key, columns=["dataset", "metric"], values="cell",
                                             aggfunc="first", sort=False)
     out.columns = [f"{d} {m}" for d, m in out.columns]
