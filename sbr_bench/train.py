@@ -30,7 +30,6 @@ from .errors import UserError
 from .runs import SELECTION_METRIC, Run, timing_summary
 
 EVAL_BATCH_SIZE = 500
-OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5 has only the latter
 
 
 class TrainingFailed(Exception):
@@ -121,9 +120,7 @@ def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0
             return _fit_baseline(model, dataset, run, device, evaluate_test)
         return _Trainer(model, dataset, cfg, run, device, seed, progress, checkpoint_every).fit(
             max_epochs, evaluate_test)
-    except OUT_OF_MEMORY as e:
-        raise TrainingFailed(f"out of memory: {str(e).splitlines()[0][:200]}") from e
-    except RuntimeError as e:
+    except RuntimeError as e:  # torch's OutOfMemoryError is a RuntimeError too
         if "out of memory" in str(e).lower():
             raise TrainingFailed(f"out of memory: {str(e).splitlines()[0][:200]}") from e
         raise

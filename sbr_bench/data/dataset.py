@@ -34,7 +34,6 @@ from .sessions import SessionDataset, Split, make_dataset
 
 # Bump when a loader, a protocol or the .npz layout changes what a cached file holds.
 DATA_FORMAT_VERSION = 1
-SOURCE_NAMES = ("diginetica", "gowalla", "lastfm", "yoochoose")  # used when the sources module is absent
 CLICKLOG_OPTIONS = ("session_col", "item_col", "time_col", "delimiter")
 DIGEST_FILE = ".file_digests.json"
 IMPORT_FILE = "import.json"
@@ -292,10 +291,7 @@ def file_sha256(path, data_dir) -> str:
 
 
 def source_names() -> tuple:
-    try:
-        return tuple(sorted(_sources().SOURCES))
-    except (ModuleNotFoundError, AttributeError):
-        return SOURCE_NAMES
+    return tuple(sorted(_sources().SOURCES))
 
 
 def list_datasets(data_dir="datasets") -> list[dict]:
@@ -306,14 +302,8 @@ def list_datasets(data_dir="datasets") -> list[dict]:
     rows = [{"name": "synthetic" if size == "small" else f"synthetic:{size}", "kind": "synthetic",
              "status": "built in", "detail": f"{items} items, {sessions} sessions"}
             for size, (items, _, sessions, _) in SIZES.items()]
-    try:
-        sources = _sources()
-    except ModuleNotFoundError:
-        sources = None
+    sources = _sources()
     for name in source_names():
-        if sources is None:
-            rows.append({"name": name, "kind": "source", "status": "sources module missing", "detail": ""})
-            continue
         src = sources.get_source(name)
         raw = src.raw_path(data_dir)
         rows.append({"name": name, "kind": "source",
@@ -358,9 +348,4 @@ def _sources():
 
 
 def _protocols():
-    try:
-        return importlib.import_module("sbr_bench.data.protocols")
-    except ModuleNotFoundError as e:
-        if e.name != "sbr_bench.data.protocols":
-            raise
-        raise UserError("preprocessing protocols are not available (sbr_bench.data.protocols is missing)") from None
+    return importlib.import_module("sbr_bench.data.protocols")
