@@ -8,11 +8,14 @@ For every example the target is ranked against *all* items 1..N (never sampled, 
 A non-finite target score gets the worst rank N. A constant scorer therefore scores at random level.
 Scores are computed in item chunks so memory stays bounded for large catalogues (two passes when the
 catalogue does not fit one chunk: first the target scores, then the counts, from identical computations).
+Every batch's scores go into one reused buffer when the scorer (or a counting baseline) takes `out=`, and
+the counts are taken a few rows at a time, so evaluation does not allocate per batch.
 Metrics are means over examples (never per-batch averages), so they do not depend on the batch size.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +26,7 @@ from .data.graphs import collate_examples
 
 KS = (5, 10, 20)
 MAX_SCORE_CELLS = 1 << 25  # B x chunk scores held at once (128 MiB of float32)
+COUNT_CELLS = 1 << 18  # scores compared at once when counting (boolean temporaries stay in cache)
 
 
 @dataclass
@@ -69,17 +73,63 @@ def metrics_from_ranks(optimistic, pessimistic=None, ks=KS, n_items=None) -> dic
             for k in ks for m in ("HR", "MRR", "NDCG")}
 
 
-def _score_fn(model, batch):
-    """A function (c0, c1) -> scores [B, c1 - c0] for items c0+1..c1."""
+class ScoreBuffer:
+    """One reusable score block: evaluation writes every batch's scores into the same memory instead of
+    allocating a fresh [B, N] matrix per batch (on CPU a block that size is mmap'ed and page-faulted in
+    anew each time, which cost more system time than the scoring itself)."""
+
+    def __init__(self):
+        self.memory = None
+
+    def take(self, rows: int, cols: int, dtype, device) -> torch.Tensor:
+        need = rows * cols
+        m = self.memory
+        if m is None or m.numel() < need or m.dtype != dtype or m.device != torch.device(device):
+            self.memory = m = torch.empty(need, dtype=dtype, device=device)
+        return m[:need].view(rows, cols)
+
+
+def accepts_out(fn) -> bool:
+    """Whether a scorer/model `forward` takes `out=` (scores written into a given [B, n] tensor)."""
+    forward = getattr(fn, "forward", fn)
+    try:
+        return "out" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _score_fn(model, batch, n_items: int, buffer: ScoreBuffer | None = None):
+    """A function (c0, c1) -> scores [B, c1 - c0] for items c0+1..c1. With a `buffer`, scorers and models
+    that accept `out=` write into it (the returned scores are valid until the next call)."""
+    B = batch.num_graphs
     if hasattr(model, "session_repr"):
         s, items, _ = model.session_repr(batch)
-        return lambda c0, c1: model.scorer(s, items[c0:c1])
-    scores = model(batch)
+        scorer = model.scorer
+        if buffer is not None and s.dtype == items.dtype and accepts_out(scorer):
+            return lambda c0, c1: scorer(s, items[c0:c1], out=buffer.take(B, c1 - c0, s.dtype, s.device))
+        return lambda c0, c1: scorer(s, items[c0:c1])
+    if buffer is not None and accepts_out(model):  # counting baselines: float32 scores by contract
+        scores = model(batch, out=buffer.take(B, n_items, torch.float32, batch.x.device))
+    else:
+        scores = model(batch)
     return lambda c0, c1: scores[:, c0:c1]
 
 
+def _count_block(sc: torch.Tensor, t: torch.Tensor, greater: torch.Tensor, equal: torch.Tensor) -> None:
+    """Add #(score > t) and #(score == t) per row. On CPU a few rows at a time: the boolean temporaries
+    of each block stay small (cache-resident, reused by malloc) instead of two fresh [B, n] matrices that
+    are page-faulted in per batch; an accelerator's caching allocator reuses them, so one block there."""
+    rows = max(1, COUNT_CELLS // max(sc.shape[1], 1)) if sc.device.type == "cpu" else sc.shape[0]
+    for r0 in range(0, sc.shape[0], rows):
+        block, tb = sc[r0 : r0 + rows], t[r0 : r0 + rows]
+        greater[r0 : r0 + rows] += (block > tb).sum(1)
+        equal[r0 : r0 + rows] += (block == tb).sum(1)
+
+
 def rank_counts(score, target0: torch.Tensor, n_items: int, chunk: int):
-    """(#greater, #equal-excluding-target, target-finite) per row; `score(c0, c1)` gives item chunks."""
+    """(#greater, #equal-excluding-target, target-finite) per row; `score(c0, c1)` gives item chunks.
+    The target score and the counts come from the same chunk computation (a repeated chunk is computed
+    identically), so a target always ties with itself and nothing else spuriously."""
     B = target0.numel()
     rows = torch.arange(B, device=target0.device)
     bounds = [(c0, min(c0 + chunk, n_items)) for c0 in range(0, n_items, chunk)]
@@ -99,9 +149,7 @@ def rank_counts(score, target0: torch.Tensor, n_items: int, chunk: int):
     equal = torch.zeros_like(greater)
     t = target.unsqueeze(1)
     for c0, c1 in bounds:
-        sc = cached if cached is not None else score(c0, c1)
-        greater += (sc > t).sum(1)
-        equal += (sc == t).sum(1)
+        _count_block(cached if cached is not None else score(c0, c1), t, greater, equal)
     finite = torch.isfinite(target)
     return greater, (equal - 1).clamp_min(0), finite
 
@@ -115,18 +163,22 @@ def evaluate(model, split, n_items, batch_size=500, device="cpu", extra=None, ks
     model.eval()
     extra = tuple(getattr(model, "extra_graphs", ()) if extra is None else extra)
     idx_order = np.arange(len(split)) if order is None else np.asarray(order)
-    opt = np.empty(len(split), dtype=np.int64)
-    pes = np.empty(len(split), dtype=np.int64)
-    bad = np.zeros(len(split), dtype=bool)
+    # Ranks stay on the device until the end: one transfer, not a synchronising copy per batch.
+    opt_d = torch.empty(len(split), dtype=torch.long, device=device)
+    pes_d = torch.empty_like(opt_d)
+    bad_d = torch.zeros(len(split), dtype=torch.bool, device=device)
     chunk = max(1, min(n_items, MAX_SCORE_CELLS // max(batch_size, 1)))
+    buffer = ScoreBuffer()
     for b0 in range(0, len(split), batch_size):
         idx = idx_order[b0 : b0 + batch_size]
         batch = collate_examples(split, idx, n_items, extra).to(device)
-        greater, equal, finite = rank_counts(_score_fn(model, batch), batch.y - 1, n_items, chunk)
-        g, e, f = greater.cpu().numpy(), equal.cpu().numpy(), finite.cpu().numpy()
-        opt[idx] = np.where(f, 1 + g, n_items)
-        pes[idx] = np.where(f, 1 + g + e, n_items)
-        bad[idx] = ~f
+        greater, equal, finite = rank_counts(_score_fn(model, batch, n_items, buffer), batch.y - 1, n_items, chunk)
+        at = torch.as_tensor(idx, dtype=torch.long).to(device, non_blocking=True)
+        worst = torch.full_like(greater, n_items)
+        opt_d[at] = torch.where(finite, 1 + greater, worst)
+        pes_d[at] = torch.where(finite, 1 + greater + equal, worst)
+        bad_d[at] = ~finite
+    opt, pes, bad = opt_d.cpu().numpy(), pes_d.cpu().numpy(), bad_d.cpu().numpy()
     if was_training:
         model.train()
     return EvalResult(

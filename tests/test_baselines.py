@@ -170,3 +170,57 @@ def test_sknn_and_spop_beat_pop_on_synthetic_small():
           for name in ("pop", "spop", "sknn")}
     assert hr["sknn"] > hr["pop"] + 10.0, hr
     assert hr["spop"] > hr["pop"], hr
+
+
+def test_sknn_overlaps_exact_when_items_have_more_sessions_than_the_sample():
+    # 8 items over 300 sessions: every item sits in far more than `sample_size` sessions, so the
+    # per-item truncation of the index is active for every prefix item.
+    rng = np.random.default_rng(3)
+    seqs = [rng.choice(8, size=rng.integers(2, 6), replace=True).tolist() for _ in range(300)]
+    seqs = [[i + 1 for i in s] for s in seqs]
+    times = rng.permutation(len(seqs)).astype(np.float64)
+    train = Sessions.from_lists(seqs, end_time=times.tolist())
+    test = Split.from_pairs([[1], [2, 3], [4, 4, 5, 1], [6, 7, 8, 2, 3]], [2, 4, 6, 1])
+    for k, sample_size in [(3, 5), (10, 40), (7, 0)]:
+        model = SessionKNN(8, k=k, sample_size=sample_size).fit(Split.all_prefixes(train))
+        if sample_size:
+            assert np.diff(model.item_sessions.indptr).max() == sample_size  # truncated
+        batch = batch_of(test, 8)
+        scores = model(batch).numpy()
+        rows, ranks, _ = model.neighbours(batch)
+        for row, (prefix, _) in enumerate(zip(*test.pairs())):
+            ref, ref_neigh = sknn_reference(seqs, times, list(prefix), k, sample_size)
+            expected = np.zeros(8)
+            for item, value in ref.items():
+                expected[item - 1] = value
+            np.testing.assert_allclose(scores[row], expected, rtol=1e-6, atol=1e-7)
+            assert set(model.recency_order[ranks[rows == row]].tolist()) == ref_neigh
+
+
+@pytest.mark.parametrize("name", ["pop", "spop", "sknn"])
+def test_scores_written_into_a_dirty_buffer_equal_fresh_scores(tiny, name):
+    model, _ = build_model(name, tiny.n_items)
+    model.fit(tiny.train)
+    batch = batch_of(tiny.test, tiny.n_items, np.arange(53))
+    fresh = model(batch)
+    if name == "pop":  # one shared row, returned as a broadcast view (writing into it raises)
+        assert fresh.stride(0) == 0
+        with pytest.raises(RuntimeError):
+            fresh.add_(1.0)
+        return
+    buf = torch.full((53, tiny.n_items), float("nan"))
+    assert model(batch, out=buf) is buf and torch.equal(buf, fresh)
+
+
+@pytest.mark.parametrize("name", ["pop", "spop", "sknn"])
+def test_evaluate_ranks_baselines_by_definition(tiny, name):
+    """evaluate (score buffer reused across batches) = ranks counted by definition on fresh scores."""
+    model, _ = build_model(name, tiny.n_items)
+    model.fit(tiny.train)
+    scores = model(batch_of(tiny.test, tiny.n_items)).double().numpy()
+    targets = tiny.test.pairs()[1]
+    t = scores[np.arange(len(targets)), np.asarray(targets) - 1][:, None]
+    greater = (scores > t).sum(1)
+    res = evaluate(model, tiny.test, tiny.n_items, batch_size=97)
+    assert np.array_equal(res.ranks_optimistic, 1 + greater)
+    assert np.array_equal(res.ranks_pessimistic, greater + (scores == t).sum(1))

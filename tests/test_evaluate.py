@@ -97,3 +97,110 @@ def test_audit_detects_batch_leakage():
     assert audit_order_invariance(BatchLeaky(), split, 20, batch_size=16)["differing"] > 0
     fair = FixedScores(np.tile(np.arange(20.0), (20, 1)))
     assert audit_order_invariance(fair, split, 20, batch_size=16)["differing"] == 0
+
+
+def naive_ranks(table, targets):
+    """Rank by definition, one example at a time: optimistic = 1 + #greater, pessimistic adds the
+    other items with an equal score; a non-finite target is ranked last."""
+    table = np.asarray(table, dtype=np.float64)
+    n = table.shape[1]
+    opt, pes = [], []
+    for row, target in zip(table, targets):
+        t = row[target - 1]
+        if not np.isfinite(t):
+            opt.append(n), pes.append(n)
+            continue
+        others = np.delete(row, target - 1)
+        opt.append(1 + int((others > t).sum()))
+        pes.append(opt[-1] + int((others == t).sum()))
+    return np.array(opt), np.array(pes)
+
+
+class TableDot(nn.Module):
+    """A `session_repr` model whose DotScorer reproduces a fixed [examples, N] table exactly: the session
+    vector is the example's one-hot row, the candidate table the transposed score table."""
+
+    def __init__(self, table, scorer):
+        super().__init__()
+        self.table = torch.as_tensor(table, dtype=torch.float32)
+        self.scorer = scorer
+
+    def session_repr(self, batch):
+        first = batch.x[batch.alias[torch.cat([torch.zeros(1, dtype=torch.long), batch.last[:-1] + 1])]]
+        s = torch.nn.functional.one_hot(first - 1, self.table.shape[0]).float()
+        return s, self.table.t().contiguous(), None
+
+
+class FixedScoresOut(FixedScores):
+    """Like the counting baselines: writes into the evaluator's `out=` buffer (holding the previous batch)."""
+
+    def forward(self, batch, out=None):
+        scores = super().forward(batch)
+        return scores if out is None else out.copy_(scores)
+
+
+class PlainDot(nn.Module):
+    """A scorer without `out=`: the evaluator must fall back to the scores it returns."""
+
+    def forward(self, s, items):
+        return s @ items.t()
+
+
+def tricky_table(seed=0, n=61):
+    rng = np.random.default_rng(seed)
+    table = rng.integers(0, 4, size=(n, n)).astype(float)  # many ties
+    table[rng.random((n, n)) < 0.05] = np.nan  # NaN candidates are neither above nor equal
+    table[3, :] = np.inf  # a row of +inf: target +inf is non-finite -> last
+    table[5, 10] = -np.inf
+    targets = rng.integers(1, n + 1, size=n)
+    targets[5] = 11
+    return table, targets
+
+
+@pytest.mark.parametrize("cells", [None, 7 * 13, 7 * 61, 1])
+@pytest.mark.parametrize("count_cells", [None, 1, 100])
+def test_buffered_scores_match_naive_ranks_across_chunks(monkeypatch, cells, count_cells):
+    from sbr_bench.models.base import DotScorer
+
+    table, targets = tricky_table()
+    split = split_with_targets(targets.tolist())
+    if cells is not None:  # several item chunks (two-pass path), down to one item per chunk
+        monkeypatch.setattr(ev, "MAX_SCORE_CELLS", cells)
+    if count_cells is not None:  # counting row blocks of one row, or a few
+        monkeypatch.setattr(ev, "COUNT_CELLS", count_cells)
+    # A one-hot matmul cannot carry NaN/inf (0 * inf = NaN), so the scorer models get the finite ties only.
+    finite = np.where(np.isfinite(table), table, 2.0)
+    cases = [(table, FixedScores(table)), (table, FixedScoresOut(table)),
+             (finite, TableDot(finite, DotScorer())), (finite, TableDot(finite, PlainDot()))]
+    for scores, model in cases:
+        opt, pes = naive_ranks(scores, targets)
+        res = evaluate(model, split, n_items=len(table), batch_size=7)
+        assert np.array_equal(res.ranks_optimistic, opt), type(model)
+        assert np.array_equal(res.ranks_pessimistic, pes), type(model)
+        assert res.nonfinite == sum(not np.isfinite(scores[i, t - 1]) for i, t in enumerate(targets))
+    assert res.tie_rate > 0.5
+
+
+def test_scores_go_into_one_reused_buffer():
+    from sbr_bench.models.base import DotScorer
+
+    seen = []
+
+    class Spy(DotScorer):
+        def forward(self, s, items, out=None):
+            seen.append(None if out is None else out.untyped_storage().data_ptr())
+            return super().forward(s, items, out=out)
+
+    table, targets = tricky_table(1)
+    evaluate(TableDot(table, Spy()), split_with_targets(targets.tolist()), n_items=len(table), batch_size=10)
+    assert len(seen) == 7 and None not in seen and len(set(seen)) == 1
+
+
+def test_dot_scorer_out_gives_the_same_scores():
+    from sbr_bench.models.base import DotScorer
+
+    g = torch.Generator().manual_seed(0)
+    s, items = torch.randn(37, 16, generator=g), torch.randn(501, 16, generator=g)
+    out = torch.full((37, 501), float("nan"))
+    assert DotScorer()(s, items, out=out) is out
+    assert torch.equal(out, DotScorer()(s, items))

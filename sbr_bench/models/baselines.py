@@ -25,6 +25,9 @@ Behaviour follows session-rec (rn5l/session-rec, `algorithms/baselines/pop.py`, 
 All three are `nn.Module`s with no parameters (`trainable = False`): `fit(train_split)` counts the training
 sessions only (whole sessions, as `make_dataset` stores them), `forward(batch) -> [B, n_items]` float32
 scores for items 1..n_items, deterministic (no random tie-breaking noise: ties are the evaluator's job).
+pop returns a broadcast (read-only) view of its one score row; spop and sknn take an optional
+`out=` [B, n_items] float32 tensor to write into, so evaluation reuses one buffer instead of allocating
+(and page-faulting in) a fresh score matrix per batch.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ class Popularity(CountingBaseline):
 
     def forward(self, batch) -> Tensor:
         self._check_fitted()
-        return self.counts.to(batch.x.device).unsqueeze(0).repeat(batch.num_graphs, 1)
+        # Every row is the same: a broadcast view, no [B, N] copy (an in-place write into it raises).
+        return self.counts.to(batch.x.device).unsqueeze(0).expand(batch.num_graphs, -1)
 
 
 class SessionPopularity(Popularity):
@@ -97,9 +101,13 @@ class SessionPopularity(Popularity):
         self.secondary = torch.as_tensor(rank / len(levels), dtype=torch.float32, device=self.counts.device)
         return self
 
-    def forward(self, batch) -> Tensor:
+    def forward(self, batch, out: Tensor | None = None) -> Tensor:
         self._check_fitted()
-        scores = self.secondary.to(batch.x.device).unsqueeze(0).repeat(batch.num_graphs, 1)
+        secondary = self.secondary.to(batch.x.device).unsqueeze(0)
+        if out is None or out.dtype != secondary.dtype:
+            scores = secondary.repeat(batch.num_graphs, 1)
+        else:
+            scores = out.copy_(secondary.expand(batch.num_graphs, -1))
         clicked = batch.x[batch.alias] - 1  # item (0-based) of every position
         ones = torch.ones_like(clicked, dtype=scores.dtype)
         # Integer-valued sums: exact and order-independent, so deterministic on GPU as well.
@@ -166,26 +174,39 @@ class SessionKNN(CountingBaseline):
         sorted by row, then similarity descending, then recency descending."""
         self._check_fitted()
         q = self._prefix_sets(batch)
+        # Entry (example, session) of the product = |P ∩ S|, the overlap. Exact after the per-item
+        # truncation too: a kept candidate is among the `sample_size` most recent sessions of the union,
+        # hence of every prefix item it contains, so none of its shared items was truncated away.
         candidates = (q @ self.item_sessions).tocsr()
         candidates.sort_indices()
         if self.sample_size:
             candidates = _keep_last_per_row(candidates, self.sample_size)
-        cand = candidates.tocoo()
-        row, sess = cand.row.astype(np.int64), cand.col.astype(np.int64)
-        overlap = np.asarray(q[row].multiply(self.session_items[sess]).sum(axis=1)).ravel()
-        prefix_size = np.asarray(q.sum(axis=1)).ravel()
+        per_row = np.diff(candidates.indptr)
+        row = np.repeat(np.arange(batch.num_graphs, dtype=np.int64), per_row)
+        sess, overlap = candidates.indices.astype(np.int64), candidates.data
+        prefix_size = np.diff(q.indptr).astype(np.float64)
         sim = overlap / np.sqrt(prefix_size[row] * self.session_size[sess])
-        order = np.lexsort((-sess, -sim, row))
+        # Rows hold sessions in ascending recency: reversed, a stable sort on (row, -sim) breaks ties by
+        # recency descending without a third key.
+        row, sess, sim = row[::-1], sess[::-1], sim[::-1]
+        order = np.lexsort((-sim, row))
         row, sess, sim = row[order], sess[order], sim[order]
-        starts = np.searchsorted(row, row, side="left")
-        top = (np.arange(len(row)) - starts) < self.k
+        top = (np.arange(len(row)) - np.repeat(candidates.indptr[:-1], per_row)) < self.k
         return row[top], sess[top], sim[top]
 
-    def forward(self, batch) -> Tensor:
+    def forward(self, batch, out: Tensor | None = None) -> Tensor:
         row, sess, sim = self.neighbours(batch)
         weights = sp.csr_matrix((sim, (row, sess)), shape=(batch.num_graphs, self.session_items.shape[0]))
-        scores = (weights @ self.session_items).toarray()[:, 1:]
-        return torch.from_numpy(scores.astype(np.float32)).to(batch.x.device)
+        scores = (weights @ self.session_items).tocsr()  # float64 sums, sparse: only neighbours' items
+        rows = np.repeat(np.arange(batch.num_graphs, dtype=np.int64), np.diff(scores.indptr))
+        keep = scores.indices > 0  # column 0 is the padding id (never clicked)
+        if out is None or out.dtype != torch.float32:
+            out = torch.zeros(batch.num_graphs, self.n_items, device=batch.x.device)
+        else:
+            out.zero_()
+        at = [torch.from_numpy(a).to(out.device) for a in (rows[keep], scores.indices[keep].astype(np.int64) - 1)]
+        out[at[0], at[1]] = torch.from_numpy(scores.data[keep].astype(np.float32)).to(out.device)  # as toarray + cast
+        return out
 
 
 SPECS = {
