@@ -98,4 +98,12 @@ def environment() -> dict:
             "amp": False,  # the trainer runs in float32
         },
         "suite_git_sha": _git_sha(),
+        "distributed": _distributed(),
     }
+
+
+def _distributed() -> dict:
+    """World size and backend of a torchrun job ({"world_size": 1, "backend": None} otherwise)."""
+    from . import distributed
+
+    return distributed.describe()

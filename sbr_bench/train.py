@@ -12,11 +12,16 @@
 - Phases are timed separately per epoch: data (collate + copy to device), forward (loss), backward (+
   optimizer step) and eval (validation pass), with `torch.cuda.synchronize()` around them on CUDA.
 - Baselines (`trainable = False`) are fitted once (`fit(train)`) and evaluated on valid and test.
+- Under torchrun (`sbr_bench.distributed`) the model is wrapped in DistributedDataParallel: each rank
+  trains on its share of every global batch with its mean loss weighted by its share, so the update is
+  that of single-process training; evaluation is sharded over ranks and the per-example ranks gathered,
+  so every rank takes the same selection and early-stopping decisions. Only rank 0 writes records.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import resource
@@ -26,6 +31,7 @@ import warnings
 import numpy as np
 import torch
 
+from . import distributed
 from .errors import UserError
 from .runs import SELECTION_METRIC, Run, timing_summary
 
@@ -33,11 +39,13 @@ EVAL_BATCH_SIZE = 500
 
 
 class TrainingFailed(Exception):
-    """A model could not be trained (non-finite loss, out of memory); the run records the reason."""
+    """A model could not be trained (non-finite loss, out of memory); the run records the reason.
+    `shared`: every rank of a multi-process run raised it at the same point (it was decided on gathered
+    values), so the run can record it and go on; a failure of one rank alone must stop the job."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, shared: bool = False):
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.shared = reason, shared
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -89,11 +97,40 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def evaluate_split(model, split, n_items: int, device, extra=None, batch_size: int = EVAL_BATCH_SIZE):
-    """Full-ranking evaluation of one split (`sbr_bench.evaluate`: eval mode, no gradients)."""
-    from .evaluate import evaluate
+def _seed_rank(seed: int, rank: int) -> None:
+    """Per-rank random streams for multi-process training (dropout masks must differ between ranks)."""
+    derived = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+    random.seed(derived)
+    np.random.seed(derived)
+    torch.manual_seed(derived)
 
-    return evaluate(model, split, n_items, batch_size=batch_size, device=str(device), extra=extra)
+
+def _rank_share(split):
+    """This rank's contiguous share of `split` (all of it when single-process)."""
+    if distributed.world() == 1:
+        return split
+    index = distributed.shard(np.arange(len(split)), distributed.rank(), distributed.world())
+    return dataclasses.replace(split, ex_seq=split.ex_seq[index], ex_len=split.ex_len[index])
+
+
+def evaluate_split(model, split, n_items: int, device, extra=None, batch_size: int = EVAL_BATCH_SIZE):
+    """Full-ranking evaluation of one split (`sbr_bench.evaluate`: eval mode, no gradients). Under
+    torchrun each rank ranks its share and the per-example ranks are gathered: every rank returns the
+    result of the whole split, in split order."""
+    from .evaluate import KS, EvalResult, evaluate, metrics_from_ranks
+
+    if distributed.world() == 1:
+        return evaluate(model, split, n_items, batch_size=batch_size, device=str(device), extra=extra)
+    start = time.perf_counter()
+    part = evaluate(model, _rank_share(split), n_items, batch_size=batch_size, device=str(device), extra=extra)
+    shares = distributed.all_gather_object((part.ranks_optimistic, part.ranks_pessimistic, part.nonfinite))
+    opt = np.concatenate([s[0] for s in shares])  # contiguous shares in rank order: split order
+    pes = np.concatenate([s[1] for s in shares])
+    return EvalResult(
+        metrics=metrics_from_ranks(opt, pes, KS, n_items), ranks=(opt + pes) / 2.0, ranks_optimistic=opt,
+        ranks_pessimistic=pes, tie_rate=float(np.mean(pes > opt)) if len(opt) else 0.0,
+        nonfinite=int(sum(s[2] for s in shares)), seconds=time.perf_counter() - start,
+        metrics_pessimistic=metrics_from_ranks(pes, None, KS, n_items))
 
 
 def make_optimizer(model, cfg: dict):
@@ -140,7 +177,13 @@ def _audit(model, dataset, device) -> dict:
     mean the model mixes sessions of a batch at inference (or, rarely, float noise across batch sizes)."""
     from .evaluate import audit_order_invariance
 
-    return audit_order_invariance(model, dataset.valid, dataset.n_items, EVAL_BATCH_SIZE, str(device))
+    # Under torchrun each rank audits its share (the audit compares per-example ranks, so shares add up).
+    audits = distributed.all_gather_object(
+        audit_order_invariance(model, _rank_share(dataset.valid), dataset.n_items, EVAL_BATCH_SIZE, str(device)))
+    if len(audits) == 1:
+        return audits[0]
+    return {"examples": sum(a["examples"] for a in audits), "differing": sum(a["differing"] for a in audits),
+            "max_rank_difference": max(a["max_rank_difference"] for a in audits)}
 
 
 def _length_buckets(result, split) -> dict:
@@ -160,16 +203,34 @@ def _fit_baseline(model, dataset, run: Run, device, evaluate_test: bool = True) 
     if not evaluate_test:  # --profile
         return {"status": "fitted", "timing": {"fit_s": fit_s, "eval_median_s": float(valid.seconds)}}
     test = evaluate_split(model, dataset.test, dataset.n_items, device)
-    run.write_ranks(test, dataset.test.ex_len)
     summary = {
         "status": "ok", "kind": "baseline", "best_epoch": None, "epochs_trained": 0,
         "valid": valid.metrics, "test": test.metrics,
-        "timing": {"fit_s": fit_s, "eval_median_s": float(valid.seconds), "host_peak_rss_mb": _host_peak_rss_mb()},
+        "timing": {"fit_s": fit_s, "eval_median_s": float(valid.seconds), "host_peak_rss_mb": _host_peak_rss_mb(),
+                   **_distributed_timing()},
         **_result_fields("valid", valid), **_result_fields("test", test),
         "test_by_length": _length_buckets(test, dataset.test), "audit": _audit(model, dataset, device),
     }
-    run.write_summary(summary)
+    if distributed.is_main():  # every rank fitted the same counts and evaluated its share; one writes
+        run.write_ranks(test, dataset.test.ex_len)
+        run.write_summary(summary)
     return summary
+
+
+def _distributed_timing() -> dict:
+    """World size and backend next to the timings (examples/s counts every rank's examples)."""
+    return {"world_size": distributed.world(), "backend": distributed.backend()} if distributed.world() > 1 else {}
+
+
+class _LossOf(torch.nn.Module):
+    """`model.loss(batch)` as a forward, for DistributedDataParallel (which hooks into forward)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.loss(batch)
 
 
 class _Trainer:
@@ -177,15 +238,31 @@ class _Trainer:
         from .data.graphs import ExampleLoader
 
         self.model, self.dataset, self.cfg, self.run = model, dataset, cfg, run
-        self.device, self.seed, self.progress = device, seed, progress
+        self.world, self.rank, self.main = distributed.world(), distributed.rank(), distributed.is_main()
+        self.device, self.seed, self.progress = device, seed, progress and self.main
         self.checkpoint_every = int(checkpoint_every or 0)
         self.extra = tuple(getattr(model, "extra_graphs", ()))
         if hasattr(model, "prepare"):  # before moving: what prepare builds (buffers) moves with the model
             model.prepare(dataset.train)
         model.to(device)
         self.optimizer, self.scheduler = make_optimizer(model, cfg)
-        self.loader = ExampleLoader(dataset.train, cfg["batch_size"], dataset.n_items, shuffle=True, seed=seed,
-                                    extra=self.extra)
+        try:
+            self.loader = ExampleLoader(dataset.train, cfg["batch_size"], dataset.n_items, shuffle=True, seed=seed,
+                                        extra=self.extra, rank=self.rank, world=self.world)
+        except ValueError as e:
+            raise UserError(f"batch_size={cfg['batch_size']}: {e}") from None
+        # The model itself stays self.model (optimizer, checkpoints, evaluation); training steps go through
+        # DDP, which averages gradients over ranks during backward. static_graph: a model uses the same
+        # parameters in every step, and DDP then also accepts parameters that a config leaves unused.
+        # gradient_as_bucket_view: gradients live in DDP's all-reduce buckets instead of beside them (one
+        # copy of the item table's size less per rank; benchmarks/memory_scaling.py).
+        self.net = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(_LossOf(model), device_ids=[device.index] if device.type == "cuda"
+                                               else None, static_graph=True, gradient_as_bucket_view=True)
+            _seed_rank(seed, self.rank)
         self.at_start = bool(cfg.get("scheduler_at_start_compat", False))
         self.state = {
             "epoch": 0, "batch": 0, "partial": None, "history": [], "best_metric": -math.inf,
@@ -194,22 +271,40 @@ class _Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------------
     def save(self) -> None:
-        self.run.save_checkpoint({
+        """Rank 0 writes the checkpoint, with every rank's RNG states (a collective: all ranks call it)."""
+        rng_ranks = distributed.all_gather_object(_rng_state()) if self.world > 1 else None
+        if not self.main:
+            return
+        state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "state": self.state,
             "cfg": self.cfg, "seed": self.seed,
-        })
+        }
+        if rng_ranks is not None:
+            state.update(rng_ranks=rng_ranks, world_size=self.world)
+        self.run.save_checkpoint(state)
 
     def restore(self) -> bool:
+        """Every rank loads the same checkpoint (weights, optimizer, schedule, progress) and its own RNG
+        states; resumed with another number of processes, the ranks get fresh per-rank streams."""
         ckpt = self.run.load_checkpoint()
         if ckpt is None or "optimizer" not in ckpt:  # none, or the slim file of a finished unit
             return False
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
+        rng_ranks = ckpt.get("rng_ranks")
+        if self.world == 1:
+            _set_rng_state(ckpt["rng"])
+        elif rng_ranks is not None and len(rng_ranks) == self.world:
+            _set_rng_state(rng_ranks[self.rank])
+        else:
+            st = ckpt["state"]
+            _seed_rank(int(np.random.SeedSequence([self.seed, st["epoch"], st["batch"]]).generate_state(1)[0]),
+                       self.rank)
         self.state = ckpt["state"]
-        self.run.rewrite_epochs(self.state["history"])
+        if self.main:
+            self.run.rewrite_epochs(self.state["history"])
         return True
 
     # --- loop --------------------------------------------------------------------------------------
@@ -232,7 +327,7 @@ class _Trainer:
         from tqdm.auto import tqdm
 
         model, st, device = self.model, self.state, self.device
-        model.train()
+        self.net.train()
         if self.at_start and st["batch"] == 0:
             with warnings.catch_warnings():  # stepping before optimizer.step() is the point of this mode
                 warnings.simplefilter("ignore", UserWarning)
@@ -254,18 +349,22 @@ class _Trainer:
             batch = batch.to(device)
             _sync(device)
             t1 = time.perf_counter()
-            loss, parts = model.loss(batch)
-            loss_value = float(loss.detach())  # synchronises, like _sync
+            if self.world == 1:
+                loss, parts = model.loss(batch)
+                loss_value = float(loss.detach())  # synchronises, like _sync
+                n = int(batch.num_graphs)
+            else:
+                loss, parts, loss_value, n = self.distributed_loss(batch)
             t2 = time.perf_counter()
-            if not math.isfinite(loss_value):
-                raise TrainingFailed(f"non-finite loss ({loss_value}) at epoch {st['epoch']}, batch {st['batch']}")
+            if not math.isfinite(loss_value):  # under DDP the global loss: every rank stops here together
+                raise TrainingFailed(f"non-finite loss ({loss_value}) at epoch {st['epoch']}, batch {st['batch']}",
+                                     shared=True)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             _sync(device)
             t3 = time.perf_counter()
 
-            n = int(batch.num_graphs)
             acc["loss_sum"] += loss_value * n
             for key, value in parts.items():
                 acc["parts"][key] = acc["parts"].get(key, 0.0) + float(value) * n
@@ -301,10 +400,22 @@ class _Trainer:
             row["peak_gpu_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
         return row
 
+    def distributed_loss(self, batch):
+        """One rank's forward under DDP: (loss to backpropagate, global mean loss parts, global mean loss,
+        global batch size). The rank's mean loss is weighted by its share of the global batch, so DDP's
+        gradient average is the gradient of the global mean loss (uneven shares included)."""
+        n_local, n_global = int(batch.num_graphs), int(batch.global_size)
+        loss, parts = self.net(batch)
+        sums = distributed.all_reduce_sum([float(loss.detach()) * n_local]
+                                          + [float(v) * n_local for v in parts.values()], self.device)
+        weighted = loss * distributed.loss_weight(n_local, n_global, self.world)
+        return weighted, dict(zip(parts, (v / n_global for v in sums[1:]))), sums[0] / n_global, n_global
+
     def end_epoch(self, row: dict) -> None:
         st = self.state
         if not self.at_start:
             self.scheduler.step()
+        distributed.sync_buffers(self.model)  # one model for evaluation (BatchNorm statistics of rank 0)
         _sync(self.device)
         start = time.perf_counter()
         valid = evaluate_split(self.model, self.dataset.valid, self.dataset.n_items, self.device, self.extra)
@@ -315,8 +426,8 @@ class _Trainer:
         row["valid_nonfinite"] = int(valid.nonfinite)
         row["host_peak_rss_mb"] = _host_peak_rss_mb()
         score = valid.metrics[SELECTION_METRIC]
-        if not math.isfinite(score):
-            raise TrainingFailed(f"validation {SELECTION_METRIC} is {score} at epoch {st['epoch']}")
+        if not math.isfinite(score):  # gathered metrics: the same on every rank
+            raise TrainingFailed(f"validation {SELECTION_METRIC} is {score} at epoch {st['epoch']}", shared=True)
         if score > st["best_metric"]:  # strictly better: the earliest best epoch wins ties
             st.update(best_metric=score, best_epoch=st["epoch"], best_valid=valid.metrics, bad_epochs=0,
                       best_weights={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
@@ -324,7 +435,8 @@ class _Trainer:
             st["bad_epochs"] += 1
         row["best_epoch_so_far"] = st["best_epoch"]
         st["history"].append(row)
-        self.run.append_epoch(row)
+        if self.main:
+            self.run.append_epoch(row)
         st.update(epoch=st["epoch"] + 1, batch=0, partial=None)
         self.save()
         if self.progress:
@@ -339,8 +451,7 @@ class _Trainer:
         if st["best_weights"] is not None:
             self.model.load_state_dict(st["best_weights"])
         test = evaluate_split(self.model, self.dataset.test, self.dataset.n_items, self.device, self.extra)
-        self.run.write_ranks(test, self.dataset.test.ex_len)
-        timing = timing_summary(st["history"])
+        timing = dict(timing_summary(st["history"]), **_distributed_timing())
         summary = {
             "status": "ok", "kind": "trained", "best_epoch": st["best_epoch"],
             "epochs_trained": len(st["history"]), "max_epochs": epochs, "patience": patience,
@@ -350,6 +461,9 @@ class _Trainer:
             **_result_fields("test", test), "test_by_length": _length_buckets(test, self.dataset.test),
             "audit": _audit(self.model, self.dataset, self.device),
         }
+        if not self.main:
+            return summary
+        self.run.write_ranks(test, self.dataset.test.ex_len)
         self.run.write_summary(summary)
         # Keep only the selected weights: enough for later analysis, a fraction of the full state.
         self.run.save_checkpoint({"model": copy.deepcopy(self.model.state_dict()), "best_epoch": st["best_epoch"],
