@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .env import keep_freed_memory
+
+    keep_freed_memory()  # before any large tensor is allocated; recorded in env.json
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from .env import keep_freed_memory
 from .errors import UserError
 from .runs import SELECTION_METRIC, Run, timing_summary
 
@@ -138,7 +139,11 @@ def make_optimizer(model, cfg: dict):
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if name not in kinds:
         raise UserError(f"--set optimizer={name}: unknown optimizer; choose one of {', '.join(kinds)}")
-    optimizer = kinds[name](model.parameters(), lr=cfg["lr"], weight_decay=cfg["l2"])
+    params = list(model.parameters())
+    try:  # fused: one kernel over all parameters; 5-10x faster steps on the item table (model_step.py)
+        optimizer = kinds[name](params, lr=cfg["lr"], weight_decay=cfg["l2"], fused=True)
+    except (RuntimeError, TypeError):  # a device or dtype without a fused kernel
+        optimizer = kinds[name](params, lr=cfg["lr"], weight_decay=cfg["l2"])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(cfg["lr_step"])),
                                                 gamma=cfg["lr_decay"])
     return optimizer, scheduler
@@ -151,6 +156,7 @@ def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0
     records in `run` and return its summary. `max_epochs`/`evaluate_test=False` serve `--profile`.
     Raises TrainingFailed on a non-finite loss or when out of memory."""
     device = torch.device(device)
+    keep_freed_memory()
     seed_everything(seed, deterministic)
     try:
         if getattr(model, "trainable", True) is False:

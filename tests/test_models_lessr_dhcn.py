@@ -230,6 +230,25 @@ def test_dhcn_convolution_is_the_layer_mean_of_powers():
         torch.testing.assert_close(model.encoder.convolved_items(model.embedding.weight), want)
 
 
+def test_dhcn_propagation_and_its_gradient_match_the_operator():
+    # A x runs on CSR factors (D^-1 H B^-1)(H^T x) or on A itself (with pruning); the backward on their
+    # precomputed transposes. Both must equal the documented operator `adjacency`, forward and backward.
+    train = Split.all_prefixes(Sessions.from_lists(TOY))
+    factorised = set()
+    for overrides in ({"hyperedges": "sessions"}, {"hyperedges": "prefixes"}, {"hyper_min_weight": 0.2}):
+        model, _ = build_model("dhcn", 6, {"dim": 4, **overrides})
+        model.prepare(train)
+        factorised.add(model.encoder.factorised)
+        a = model.encoder.adjacency.to_dense()
+        x = torch.randn(6, 4, requires_grad=True)
+        upstream = torch.randn(6, 4)
+        y = model.encoder.propagate(x)
+        torch.testing.assert_close(y, a @ x)
+        (grad,) = torch.autograd.grad(y, x, upstream)
+        torch.testing.assert_close(grad, a.t() @ upstream)
+    assert factorised == {True, False}  # both paths were exercised
+
+
 def test_dhcn_hypergraph_comes_from_training_data_only(tiny):
     # A small training part (the first 60 sessions) so that many valid/test items are unseen in it.
     ds = dataclasses.replace(tiny, train=Split.all_prefixes(tiny.train.sessions.subset(np.arange(60))))

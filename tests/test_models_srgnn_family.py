@@ -190,6 +190,28 @@ def test_gcsan_padding_is_masked_and_the_mask_matters(tiny):
     assert results[True] > 1e-4
 
 
+@pytest.mark.parametrize("overrides", [{}, {"heads": 2, "blocks": 3}, {"blocks": 1}, {"share_blocks_compat": True}])
+def test_gcsan_packed_readout_matches_the_dense_block_computation(tiny, overrides):
+    """The readout runs its per-position layers on packed positions and the last block for the last click
+    only; the straightforward form runs everything on the padded [B, T, d] block. Same values and grads."""
+    model, _ = small_model("gcsan", tiny.n_items, **overrides)
+    model.eval()
+    lengths = tiny.train.ex_len
+    index = np.concatenate([[int(np.argmin(lengths)), int(np.argmax(lengths))], np.arange(40, 60)])
+    batch = collate_examples(tiny.train, index, tiny.n_items)
+    assert len(set(batch.length.tolist())) > 3  # sessions of many lengths, so there is padding
+    results = []
+    for forward in (model.readout.forward, lambda enc, b: model.readout.forward_dense(enc)):
+        enc = model.encode(batch)
+        s = forward(enc, batch)
+        params = [p for p in model.readout.parameters()]
+        results.append((s, torch.autograd.grad(s.pow(2).sum(), params)))
+    (got, got_grads), (want, want_grads) = results
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
 def test_gcsan_shared_blocks_compat_has_one_block(tiny):
     shared, _ = small_model("gcsan", tiny.n_items, share_blocks_compat=True)
     separate, _ = small_model("gcsan", tiny.n_items)

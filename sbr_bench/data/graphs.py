@@ -153,17 +153,34 @@ class ExampleLoader:
 
     `start_batch` skips the first batches of an epoch (resuming mid-epoch with the same order). When
     shuffling (training), a last batch of a single example joins the one before: BatchNorm layers
-    (LESSR) cannot normalise one example."""
+    (LESSR) cannot normalise one example.
 
-    def __init__(self, split: Split, batch_size: int, n_items: int, shuffle=False, seed=0, extra=()):
+    With `world` > 1 (multi-process training) every rank draws the same order and yields only its
+    contiguous share (`distributed.shard`) of each global batch of `batch_size` examples;
+    `batch.global_size` is the global batch's size. A last batch that would leave a rank with fewer than
+    two examples (training) or none (no shuffling) joins the one before."""
+
+    def __init__(self, split: Split, batch_size: int, n_items: int, shuffle=False, seed=0, extra=(),
+                 rank: int = 0, world: int = 1):
         if int(batch_size) < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        if not 0 <= int(rank) < int(world):
+            raise ValueError(f"rank {rank} outside a world of {world} process(es)")
         self.split, self.batch_size, self.n_items = split, int(batch_size), n_items
         self.shuffle, self.seed, self.extra = shuffle, seed, tuple(extra)
+        self.rank, self.world = int(rank), int(world)
+        min_share = 2 if shuffle else 1
+        if self.world > 1 and min(self.batch_size, len(split)) < min_share * self.world:
+            raise ValueError(f"batch size {self.batch_size} over {len(split)} examples cannot give each of "
+                             f"{self.world} processes {min_share} example(s) per batch; raise the batch size "
+                             "or use fewer processes")
 
     def _starts(self) -> list[int]:
         starts = list(range(0, len(self.split), self.batch_size))
-        if self.shuffle and len(starts) > 1 and len(self.split) - starts[-1] == 1:
+        # Smallest last batch kept: single-process training keeps 2+ (see above); under DDP each rank's
+        # share must keep that minimum (a share of one example would meet the same BatchNorm problem).
+        min_last = (2 if self.shuffle else 1) * self.world
+        if len(starts) > 1 and len(self.split) - starts[-1] < min_last:
             starts.pop()
         return starts + [len(self.split)]
 
@@ -176,11 +193,18 @@ class ExampleLoader:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
 
     def batches(self, epoch: int = 0, start_batch: int = 0):
+        from ..distributed import shard
+
         order, starts = self.order(epoch), self._starts()
         for b in range(start_batch, len(starts) - 1):
             idx = order[starts[b] : starts[b + 1]]
+            global_size = len(idx)
+            if self.world > 1:
+                idx = shard(idx, self.rank, self.world)
             batch = collate_examples(self.split, idx, self.n_items, self.extra)
             batch.example_index = torch.from_numpy(idx)
+            if self.world > 1:
+                batch.global_size = global_size
             yield batch
 
     def __iter__(self):

@@ -87,6 +87,7 @@ from torch_geometric.utils import scatter, softmax, to_dense_batch
 from ..errors import UserError
 from .base import EmbeddingEncoder, Encoded, Readout
 from .registry import ModelSpec
+from .scoring import normalised_scores
 
 LEVEL_AGGS = ("sum", "mean", "deepsets_mlp", "concat")
 LEVEL_ANCHORS = ("last", "first")
@@ -111,8 +112,10 @@ class ItemNormScorer(nn.Module):
         self.sigma = sigma
         self.item_dropout = nn.Dropout(item_dropout)
 
-    def forward(self, s: Tensor, items: Tensor) -> Tensor:
-        return self.sigma * s @ self.item_dropout(F.normalize(items, dim=-1)).t()
+    def forward(self, s: Tensor, items: Tensor, out: Tensor | None = None) -> Tensor:
+        # = σ·s @ dropout(normalize(items))ᵀ without normalising the table (see scoring.py)
+        return normalised_scores(s, items, self.sigma, dropout=self.item_dropout.p, training=self.training,
+                                 out=out)
 
 
 class AttenMixerReadout(Readout):

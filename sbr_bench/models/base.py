@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .scoring import normalised_scores
+
 
 @dataclass
 class Encoded:
@@ -94,8 +96,9 @@ class EmbeddingEncoder(Encoder):
 class DotScorer(nn.Module):
     """scores = s · e_j (SR-GNN, GC-SAN, LESSR, NARM, DHCN)."""
 
-    def forward(self, s: Tensor, items: Tensor) -> Tensor:
-        return s @ items.t()
+    def forward(self, s: Tensor, items: Tensor, out: Tensor | None = None) -> Tensor:
+        # `out` (no-grad evaluation only): write into a reused [B, N] buffer, same values as s @ items.t()
+        return s @ items.t() if out is None else torch.matmul(s, items.t(), out=out)
 
 
 class CosineScorer(nn.Module):
@@ -107,9 +110,10 @@ class CosineScorer(nn.Module):
         self.sigma = sigma
         self.item_dropout = nn.Dropout(item_dropout)
 
-    def forward(self, s: Tensor, items: Tensor) -> Tensor:
-        items = self.item_dropout(F.normalize(items, dim=-1))
-        return self.sigma * F.normalize(s, dim=-1) @ items.t()
+    def forward(self, s: Tensor, items: Tensor, out: Tensor | None = None) -> Tensor:
+        # = σ·normalize(s) @ dropout(normalize(items))ᵀ without normalising the table (see scoring.py)
+        return normalised_scores(F.normalize(s, dim=-1), items, self.sigma, dropout=self.item_dropout.p,
+                                 training=self.training, out=out)
 
 
 class SBRModel(nn.Module):

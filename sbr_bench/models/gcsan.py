@@ -1,7 +1,9 @@
 """GC-SAN (Xu et al., IJCAI 2019): SR-GNN's gated GNN, then k self-attention blocks over each session.
 
 Encoder: `SRGNNEncoder` (see `srgnn.py`). Readout (`GCSANReadout`), on the session's positions
-H = [h_1..h_n] gathered per session with `to_dense_batch` (sessions are short), k blocks of (paper Eq. 8-10):
+H = [h_1..h_n], k blocks of (paper Eq. 8-10; the Linears run on the packed positions, the attention on a
+zero-padded [B, T] block with padding keys masked, and the last block only for the last click, whose
+output is all that is read; `forward_dense` is the straightforward all-padded form, tests compare them):
     F = softmax(Q Kᵀ / √d_head) V,  Q = H W_Q, K = H W_K, V = H W_V   (separate q/k/v Linears; padding
                                                                        keys masked out)
     E = W_2 dropout(ReLU(W_1 F + b_1)) + b_2 + F                      (point-wise FFN with residual)
@@ -29,9 +31,8 @@ Linears; readout.transform = each block's FFN Linears. ω has no parameters.
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import to_dense_batch
 
@@ -55,20 +56,24 @@ class SelfAttentionBlock(nn.Module):
         self.ffn_out = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(ffn_dropout)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
-        """x [B, T, d]; key_mask [B, T] (True = real position) or None (attend to padding too)."""
-        B, T, d = x.shape
-        dh = d // self.heads
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
+        """softmax(Q Kᵀ/√d_head) V per head: q [B, Tq, d], k and v [B, T, d], key_mask [B, T] (True = real
+        position) or None (attend to padding too) -> [B, Tq, d]. Fused (scaled_dot_product_attention)."""
+        (B, Tq, d), T = q.shape, k.shape[1]
 
-        def split(t):
-            return t.view(B, T, self.heads, dh).transpose(1, 2)  # [B, H, T, dh]
+        def split(t, n):
+            return t.view(B, n, self.heads, d // self.heads).transpose(1, 2)  # [B, H, n, dh]
 
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        logits = q @ k.transpose(-1, -2) / math.sqrt(dh)  # [B, H, T, T]
-        if key_mask is not None:
-            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        f = (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(B, T, d)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        f = F.scaled_dot_product_attention(split(q, Tq), split(k, T), split(v, T), attn_mask=mask)
+        return f.transpose(1, 2).reshape(B, Tq, d)
+
+    def ffn(self, f: Tensor) -> Tensor:
         return f + self.ffn_out(self.dropout(torch.relu(self.ffn_in(f))))
+
+    def forward(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
+        """x [B, T, d] (dense); key_mask [B, T] (True = real position) or None (attend to padding too)."""
+        return self.ffn(self.attend(self.q(x), self.k(x), self.v(x), key_mask))
 
 
 class GCSANReadout(Readout):
@@ -87,6 +92,32 @@ class GCSANReadout(Readout):
                    cfg["share_blocks_compat"], cfg["attn_unmasked_compat"])
 
     def forward(self, enc: Encoded, batch) -> Tensor:
+        if self.attn_unmasked_compat:  # padding rows are attended to, so they must be computed too
+            return self.forward_dense(enc)
+        B, P = enc.num_sessions, enc.h.shape[0]
+        # Masked attention only mixes a session's real positions, so every per-position layer runs on the
+        # packed positions [P, d] and only the attention itself on a zero-padded [B, T] block.
+        T = int(enc.length.max())
+        slot = torch.arange(P, device=enc.h.device) - (enc.last - enc.length + 1)[enc.pos_batch]
+        flat = enc.pos_batch * T + slot  # position -> row of the flattened [B, T] block
+        key_mask = torch.zeros(B * T, dtype=torch.bool, device=enc.h.device).index_fill_(0, flat, True).view(B, T)
+
+        def dense(t: Tensor) -> Tensor:
+            return t.new_zeros(B * T, t.shape[-1]).index_copy(0, flat, t).view(B, T, -1)
+
+        x = enc.h
+        for i in range(self.n_blocks):
+            block = self.blocks[i % len(self.blocks)]
+            k, v = dense(block.k(x)), dense(block.v(x))
+            if i < self.n_blocks - 1:
+                x = block.ffn(block.attend(dense(block.q(x)), k, v, key_mask).reshape(B * T, -1)[flat])
+            else:  # the last block's output is only read at the last click: one query per session
+                x = block.ffn(block.attend(block.q(x[enc.last])[:, None], k, v, key_mask)[:, 0])
+        f_last = x if self.n_blocks else enc.last_h
+        return self.omega * f_last + (1 - self.omega) * enc.last_h
+
+    def forward_dense(self, enc: Encoded) -> Tensor:
+        """All blocks on the zero-padded [B, T, d] block (the straightforward form; the unmasked compat path)."""
         B = enc.num_sessions
         x, mask = to_dense_batch(enc.h, enc.pos_batch, batch_size=B)  # [B, T, d], [B, T]
         key_mask = None if self.attn_unmasked_compat else mask

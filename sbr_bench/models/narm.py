@@ -3,10 +3,9 @@
 Encoder (`NARMEncoder`): a GRU over each prefix in click order, started from h_0 = 0, on dropped-out
 item embeddings (dropout 0.25, as the authors' code). The GRU is written with separate `x2h`/`h2h`
 Linears (PyTorch gate convention: r, z, n chunks; h' = (1 - z) ⊙ n + z ⊙ h) so SparseVD can wrap its
-input and recurrent weight matrices; the input projection runs once over all positions, the
-recurrence loops over the (short) time dimension of a `to_dense_batch` block. Positions come back
-packed in `batch.alias` order. States at a session's positions never depend on padding, because
-padding only follows a session's last click.
+input and recurrent weight matrices; the input projection runs once over all packed positions, the
+recurrence loops over time steps, updating at step t only the sessions longer than t. Positions come
+back packed in `batch.alias` order.
 
 Readout (`NARMReadout`), with h_t the last state (query) and h_j every state of the session:
     c_g = h_t                                                   (global encoder)
@@ -36,7 +35,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import scatter, softmax, to_dense_batch
+from torch_geometric.utils import scatter, softmax
 
 from .base import DotScorer, Encoded, Encoder, Readout, gru_update
 from .registry import ModelSpec
@@ -54,13 +53,21 @@ class NARMEncoder(Encoder):
 
     def forward(self, batch, embedding: nn.Embedding) -> Encoded:
         x = self.dropout(embedding(batch.x[batch.alias]))  # [P, d], click order
-        gi, mask = to_dense_batch(self.x2h(x), batch.alias_batch, batch_size=batch.num_graphs)  # [B, L, 3d]
-        h = gi.new_zeros(gi.size(0), self.dim)
-        states = []
-        for t in range(gi.size(1)):
-            h = gru_update(gi[:, t], self.h2h(h), h)
+        gi = self.x2h(x)  # [P, 3d], input projections of all positions at once
+        # Sessions sorted by length (longest first): at step t the sessions still running are a prefix
+        # of that order, so each step updates only them (no work on padding; pack_padded_sequence's idea).
+        length, start = batch.length, batch.last - batch.length + 1
+        order = torch.sort(length, descending=True, stable=True).indices
+        running = torch.bincount(length, minlength=int(length.max()) + 1).flip(0).cumsum(0).flip(0)[1:].tolist()
+        start_sorted = start[order]
+        h = gi.new_zeros(length.numel(), self.dim)
+        states, positions = [], []
+        for t, k in enumerate(running):
+            pos = start_sorted[:k] + t
+            h = gru_update(gi[pos], self.h2h(h[:k]), h[:k])
             states.append(h)
-        packed = torch.stack(states, dim=1)[mask]  # [P, d], back in alias order
+            positions.append(pos)
+        packed = x.new_empty(x.shape[0], self.dim).index_copy(0, torch.cat(positions), torch.cat(states))
         return Encoded(packed, batch.alias_batch, batch.last, batch.length)
 
     def weight_groups(self):

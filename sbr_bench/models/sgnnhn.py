@@ -51,6 +51,7 @@ from torch_geometric.utils import scatter, softmax
 from ..errors import UserError
 from .base import CosineScorer, Encoded, Encoder, Readout
 from .registry import ModelSpec
+from .scoring import normalised_scores
 from .srgnn import GatedSessionCell
 
 
@@ -160,8 +161,9 @@ class LayerNormScorer(nn.Module):
     def normalise(x: Tensor) -> Tensor:
         return F.normalize(x - x.mean(dim=-1, keepdim=True), dim=-1)
 
-    def forward(self, s: Tensor, items: Tensor) -> Tensor:
-        return self.sigma * self.normalise(s) @ self.normalise(items).t()
+    def forward(self, s: Tensor, items: Tensor, out: Tensor | None = None) -> Tensor:
+        # = σ·LN(s) @ LN(items)ᵀ without dividing the table by its norms (see scoring.py)
+        return normalised_scores(self.normalise(s), items, self.sigma, centre=True, out=out)
 
 
 def make_scorer(cfg: dict) -> nn.Module:

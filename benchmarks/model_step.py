@@ -1,0 +1,158 @@
+"""One training step per model (forward = model.loss, backward) against the scoring-matmul bound.
+
+Usage: python benchmarks/model_step.py [--dataset diginetica] [--data-dir datasets] [--models all]
+                                       [--batch-size 100] [--batches 8] [--rounds 3] [--optimizer]
+                                       [--set attenmixer:dim=100 --set attenmixer:heads=4]
+                                       [--keep-freed-memory] [--clock cpu|wall]
+The unavoidable cost of a step is scoring every session against every item: s @ E.T for s [B, d] and
+E [|V|, d], forward and backward (the gradients of s and E). For each model this prints the median
+milliseconds per step of its forward and backward on the same batches (collated up front, so graph
+building is not timed; benchmarks/graph_build.py measures that), the matmul bound for the model's own
+B and d, and the ratio step / bound. Models and the bound are timed interleaved, round by round, in one
+process with one thread, so load from other processes hits them alike; the default clock is the
+process's CPU time (user + system, so page faults count), which a busy machine disturbs far less than
+wall time. `--optimizer` adds the model's optimizer step (train.make_optimizer: Adam/AdamW over every
+parameter, the item table included) as its own column, and `--fused-optimizer` the same optimizer with
+torch's fused kernel. `--keep-freed-memory` tells glibc's malloc to keep freed memory instead of returning
+every block over 32 MB to the system (a [|V|, d] tensor at d = 256 on Diginetica is 44 MB, and each
+fresh one then costs page faults on every step).
+"""
+
+import argparse
+import inspect
+import statistics
+import time
+
+import torch
+
+from sbr_bench.data.dataset import load_dataset
+from sbr_bench.data.graphs import ExampleLoader
+from sbr_bench.models.registry import build_model, resolve_names, spec_for, ModelSpec
+from sbr_bench.train import make_optimizer
+
+
+clock = time.process_time
+
+
+def keep_freed_memory() -> None:
+    """glibc: serve big allocations from the heap and never trim it (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    if not (libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, 2**31 - 1)):
+        raise SystemExit("--keep-freed-memory: mallopt failed (not glibc?)")
+
+
+def matmul_step(s: torch.Tensor, items: torch.Tensor, grad: torch.Tensor) -> tuple[float, float]:
+    t0 = clock()
+    scores = s @ items.t()
+    t1 = clock()
+    scores.backward(grad)
+    t2 = clock()
+    s.grad = items.grad = None
+    return t1 - t0, t2 - t1
+
+
+def model_step(model, batch, optimizer=None) -> tuple[float, float, float]:
+    t0 = clock()
+    loss, _ = model.loss(batch)
+    float(loss.detach())
+    t1 = clock()
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    t2 = clock()
+    if optimizer is not None:
+        optimizer.step()
+    return t1 - t0, t2 - t1, clock() - t2
+
+
+def overrides(pairs: list[str], name: str) -> dict:
+    """--set MODEL:KEY=VALUE entries for `name` (values parsed as int, float, bool or kept as text)."""
+    out = {}
+    for pair in pairs:
+        model, _, assignment = pair.partition(":")
+        key, _, text = assignment.partition("=")
+        if model != name:
+            continue
+        for parse in (int, float, {"true": True, "false": False}.__getitem__, str):
+            try:
+                out[key] = parse(text.lower() if parse is not str else text)
+                break
+            except (ValueError, KeyError):
+                pass
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="diginetica", help="dataset name (e.g. diginetica, synthetic:diginetica)")
+    ap.add_argument("--data-dir", default="datasets")
+    ap.add_argument("--models", default="all", help="comma-separated neural models, or 'all'")
+    ap.add_argument("--batch-size", type=int, default=100, help="0 = each model's own default batch size")
+    ap.add_argument("--batches", type=int, default=8, help="batches timed per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--optimizer", action="store_true", help="also time the optimizer step")
+    ap.add_argument("--fused-optimizer", action="store_true", help="time the optimizer with fused=True")
+    ap.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE", help="config override")
+    ap.add_argument("--keep-freed-memory", action="store_true", help="glibc mallopt, see the module doc")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.keep_freed_memory:
+        keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    ds = load_dataset(args.dataset, data_dir=args.data_dir)
+    names = [n for n in resolve_names(args.models) if isinstance(spec_for(n), ModelSpec)]
+    setups = {}
+    for name in names:
+        model, cfg = build_model(name, ds.n_items, overrides(args.set, name))
+        model.prepare(ds.train)
+        model.train()
+        B = args.batch_size or int(cfg["batch_size"])
+        loader = ExampleLoader(ds.train, B, ds.n_items, shuffle=True, extra=model.extra_graphs)
+        batches = [b for _, b in zip(range(args.batches), loader.batches(0))]
+        d = cfg["dim"]
+        bound = (torch.randn(B, d, requires_grad=True), torch.randn(ds.n_items, d, requires_grad=True),
+                 torch.randn(B, ds.n_items))
+        optimizer = make_optimizer(model, cfg)[0] if args.optimizer or args.fused_optimizer else None
+        if args.fused_optimizer:
+            accepted = inspect.signature(type(optimizer)).parameters
+            kwargs = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+            optimizer = type(optimizer)(model.parameters(), **{**kwargs, "fused": True})
+        model_step(model, batches[0], optimizer)  # warm-up (allocations, lazy init)
+        matmul_step(*bound)
+        setups[name] = (model, batches, bound, optimizer, {"fwd": [], "bwd": [], "opt": [], "mm_f": [], "mm_b": []})
+
+    for _ in range(args.rounds):
+        for name, (model, batches, bound, optimizer, t) in setups.items():
+            for batch in batches:
+                f, b, o = model_step(model, batch, optimizer)
+                mf, mb = matmul_step(*bound)
+                for key, value in zip(("fwd", "bwd", "opt", "mm_f", "mm_b"), (f, b, o, mf, mb)):
+                    t[key].append(value * 1e3)
+
+    print(f"dataset {args.dataset}: {ds.n_items:,} items; {args.batches} batches x {args.rounds} rounds, "
+          f"{torch.get_num_threads()} thread(s), {args.clock} clock"
+          f"{', freed memory kept' if args.keep_freed_memory else ''}; median ms per step")
+    head = f"{'model':<16}{'B':>5}{'d':>5}{'forward':>9}{'backward':>9}"
+    show_optim = args.optimizer or args.fused_optimizer
+    head += f"{'optim':>8}" if show_optim else ""
+    print(head + f"{'step':>9}{'bound':>8}{'ratio':>7}")
+    for name, (model, batches, bound, optimizer, t) in setups.items():
+        med = {k: statistics.median(v) for k, v in t.items()}
+        step = med["fwd"] + med["bwd"]
+        mm = med["mm_f"] + med["mm_b"]
+        B, d = bound[0].shape
+        row = f"{name:<16}{B:>5}{d:>5}{med['fwd']:>9.1f}{med['bwd']:>9.1f}"
+        row += f"{med['opt']:>8.1f}" if show_optim else ""
+        print(row + f"{step:>9.1f}{mm:>8.1f}{step / mm:>7.2f}")
+    print("step = forward + backward (the optimizer step is not included); bound = s @ E.T forward + backward "
+          "for the model's B and d; ratio = step / bound")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The fused normalised-table scoring (scoring.py) against the straightforward formula: values and
+gradients, with and without dropout (the same seed draws the same mask, applied here by hand),
+centring, rows at the norm clamp, and the `out=` evaluation path; the three scorers that use it; the
+dropout mask's rate and its independence of the chunk size."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sbr_bench.models.attenmixer import ItemNormScorer
+from sbr_bench.models.base import CosineScorer
+from sbr_bench.models.scoring import drop_mask, normalised_scores
+from sbr_bench.models.sgnnhn import LayerNormScorer
+
+
+def dropout_by_hand(x, p, training=True):
+    """nn.Dropout with the mask drop_mask draws (call under the same seed as the code under test)."""
+    if not training or p == 0:
+        return x
+    if p >= 1:
+        return x * 0
+    return x.masked_fill(drop_mask(x.shape, p), 0.0) / (1 - p)
+
+
+def straightforward(s, items, sigma, centre, dropout, training):
+    table = items - items.mean(-1, keepdim=True) if centre else items
+    table = dropout_by_hand(F.normalize(table, dim=-1), dropout, training)
+    return sigma * s @ table.t()
+
+
+def inputs(seed, centre, n=30, d=8, b=5):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(b, d, generator=g)
+    items = torch.randn(n, d, generator=g) * 3 + 1  # an offset, so that centring matters
+    items[4] = 0.0 if not centre else 2.5  # a row whose (centred) norm is at the clamp
+    return s.requires_grad_(), items.requires_grad_()
+
+
+@pytest.mark.parametrize("centre", [False, True])
+@pytest.mark.parametrize("dropout,training", [(0.0, True), (0.3, True), (0.3, False), (1.0, True)])
+def test_fused_scores_and_gradients_match_the_formula(centre, dropout, training):
+    s, items = inputs(0, centre)
+    upstream = torch.randn(s.shape[0], items.shape[0], generator=torch.Generator().manual_seed(1))
+    results = []
+    for fn in (normalised_scores, straightforward):
+        torch.manual_seed(7)  # the same dropout mask for both
+        out = fn(s, items, 12.0, centre, dropout, training)
+        gs, gi = torch.autograd.grad((out * upstream).sum(), (s, items))
+        results.append((out, gs, gi))
+    (got, gs, gi), (want, ws, wi) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gs, ws, rtol=1e-4, atol=1e-5)
+    # the zero row has an enormous (1/eps) gradient in both; compare it relatively
+    torch.testing.assert_close(gi, wi, rtol=1e-4, atol=1e-5 * float(wi.abs().max()))
+    if dropout and training:  # the mask was applied (and dropout 1 zeroes every score, like nn.Dropout)
+        assert not torch.allclose(got, normalised_scores(s, items, 12.0, centre))
+        assert (dropout == 1.0) == bool((got == 0).all())
+
+
+def test_out_buffer_gives_the_same_scores_without_grad():
+    s, items = inputs(2, centre=False)
+    with torch.no_grad():
+        want = normalised_scores(s, items, 12.0)
+        buf = torch.empty(s.shape[0], items.shape[0])
+        got = normalised_scores(s, items, 12.0, out=buf)
+    assert got.data_ptr() == buf.data_ptr()
+    torch.testing.assert_close(got, want)
+    with pytest.raises(RuntimeError, match="without gradients"):
+        normalised_scores(s, items, 12.0, out=buf)
+
+
+@pytest.mark.parametrize("scorer,reference", [
+    (CosineScorer(12.0, item_dropout=0.2),
+     lambda s, v: 12.0 * F.normalize(s, dim=-1) @ dropout_by_hand(F.normalize(v, dim=-1), 0.2).t()),
+    (ItemNormScorer(12.0, item_dropout=0.2),
+     lambda s, v: 12.0 * s @ dropout_by_hand(F.normalize(v, dim=-1), 0.2).t()),
+    (LayerNormScorer(12.0),
+     lambda s, v: 12.0 * LayerNormScorer.normalise(s) @ LayerNormScorer.normalise(v).t()),
+])
+def test_scorers_in_training_match_their_formulas(scorer, reference):
+    s, items = inputs(3, centre=False)
+    scorer.train()
+    torch.manual_seed(11)
+    got = scorer(s, items)
+    g_got = torch.autograd.grad(got.logsumexp(-1).sum(), (s, items))
+    torch.manual_seed(11)
+    want = reference(s, items)
+    g_want = torch.autograd.grad(want.logsumexp(-1).sum(), (s, items))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def test_drop_mask_rate_and_chunking():
+    torch.manual_seed(3)
+    mask = drop_mask((1000, 1000), 0.1)
+    assert mask.dtype == torch.bool and mask.shape == (1000, 1000)
+    assert abs(mask.float().mean().item() - 0.1) < 5 * (0.1 * 0.9 / 1e6) ** 0.5  # 5 binomial sd
+    assert abs(mask.float().mean(0) - 0.1).max() < 0.06  # no column is special (1000 draws each)
+    for chunk in (7, 1000, 1 << 22):  # uniforms are drawn in order, so the chunking changes nothing
+        torch.manual_seed(4)
+        other = drop_mask((37, 29), 0.3, chunk=chunk)
+        torch.manual_seed(4)
+        assert torch.equal(other, drop_mask((37, 29), 0.3))
