@@ -97,7 +97,9 @@ def test_drop_mask_rate_and_chunking():
     assert mask.dtype == torch.bool and mask.shape == (1000, 1000)
     assert abs(mask.float().mean().item() - 0.1) < 5 * (0.1 * 0.9 / 1e6) ** 0.5  # 5 binomial sd
     assert abs(mask.float().mean(0) - 0.1).max() < 0.06  # no column is special (1000 draws each)
-    for chunk in (7, 1000, 1 << 22):  # uniforms are drawn in order, so the chunking changes nothing
+    lanes = mask.view(-1, 4).float().mean(0)  # each of a draw's four 16-bit lanes (incl. the sign's) is fair
+    assert (lanes - 0.1).abs().max() < 5 * (0.1 * 0.9 / 2.5e5) ** 0.5
+    for chunk in (1, 7, 1000, 1 << 22):  # words are drawn in order, so the chunking changes nothing
         torch.manual_seed(4)
         other = drop_mask((37, 29), 0.3, chunk=chunk)
         torch.manual_seed(4)
