@@ -94,6 +94,20 @@ def test_profile_prints_phases_and_keeps_nothing(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_profile_table_has_throughput_memory_and_scoring_bound(tmp_path, capsys):
+    assert run(tmp_path, "--profile", "--dataset", "synthetic:micro", "--models", "srgnn,pop", "--threads", "1") == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("model "))
+    for column in ("train s", "data", "forward", "backward+step", "eval", "ex/s", "peak MB", "bound s", "train/bound"):
+        assert column in header
+    srgnn = next(line.split() for line in lines if line.startswith("srgnn "))
+    pop = next(line.split() for line in lines if line.startswith("pop "))
+    assert srgnn[-1].endswith("x") and float(srgnn[-1][:-1]) > 0 and float(srgnn[-2]) > 0  # ratio, bound
+    assert pop[1] == "fit"
+    assert any(line.startswith("bound s = the scoring products alone") for line in lines)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_epoch_default_is_capped_on_synthetic_and_explicit_settings_win():
     args = argparse.Namespace(set=["meanpool.lr=0.5"], epochs=None, batch_size=None)
     cfg = run_cmd.model_configs(["meanpool"], args, "synthetic-tiny")["meanpool"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import sys
-import tempfile
 import time
 import traceback
 
@@ -18,6 +19,9 @@ Epochs: --epochs N sets every model's epochs; without it each model uses its own
 also works), capped at 5 on the built-in synthetic datasets, where all ten models take about 2 minutes on
 2 idle CPU cores. Early stopping (patience) and model selection use validation MRR@20 only.
 Threads: on a CPU shared with other jobs, --threads 1 avoids oversubscription (measured 10-30x slowdowns).
+Multi-process: `torchrun --nproc_per_node N -m sbr_bench.cli run ...` trains each model with
+DistributedDataParallel over N processes (gloo on CPU, NCCL with one GPU per process); --batch-size stays
+the global batch size, only rank 0 writes the run folder (see the README, "Multi-process training").
 Exit status: 0 if at least one model finished for at least one seed, 1 if every model failed (failures are
 recorded with their reason in <model>/seed<k>/summary.json and results.md), 2 on a usage error.
 """
@@ -228,6 +232,7 @@ def check_resume_args(args) -> None:
 
 def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config: dict, progress: bool):
     """Train one model with one seed; record a failure instead of raising (the other units go on)."""
+    from .. import distributed
     from ..io import write_text
     from ..models.registry import build_model
     from ..train import TrainingFailed, seed_everything, train_model
@@ -245,11 +250,17 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
         summary = train_model(model, dataset, cfg, unit, device=device, seed=seed, progress=progress,
                               checkpoint_every=config["checkpoint_every"], deterministic=config["deterministic"])
     except TrainingFailed as e:
+        if distributed.world() > 1 and not e.shared:  # one rank alone: the others wait in a collective
+            raise
+        if not distributed.is_main():
+            return {"status": "failed", "reason": e.reason}
         print(f"[{name} seed {seed}] FAILED: {e.reason}", file=sys.stderr)
         return unit.fail(e.reason)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # a broken model must not take the other models down
+        if distributed.world() > 1:  # ... except under torchrun: stop the job; --resume retries the unit
+            raise
         write_text(unit.path / "error.txt", traceback.format_exc())
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         print(f"[{name} seed {seed}] FAILED: {reason} (traceback in {unit.path / 'error.txt'})", file=sys.stderr)
@@ -261,46 +272,50 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
 
 
 def profile(config: dict, dataset, device, progress: bool) -> int:
-    """One epoch per model (first seed), per-phase breakdown; records go to a temporary folder."""
-    from ..models.registry import build_model
-    from ..runs import Run, format_table
-    from ..train import TrainingFailed, seed_everything, train_model
+    """`--profile`: one epoch per model, per-phase breakdown against the scoring bound (sbr_bench.profiling)."""
+    from ..profiling import profile as profile_epochs
 
-    seed = config["seeds"][0]
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="sbr-bench-profile-") as tmp:
-        for name in config["models"]:
-            cfg = config["cfg"][name]
-            seed_everything(seed, config["deterministic"])
-            model, _ = build_model(name, dataset.n_items, cfg)
-            unit = Run(f"{tmp}/{name}", name, seed)
-            try:
-                out = train_model(model, dataset, cfg, unit, device=device, seed=seed, progress=progress,
-                                  max_epochs=1, evaluate_test=False, deterministic=config["deterministic"])
-            except Exception as e:  # noqa: BLE001 - a broken model must not stop the profile of the others
-                reason = e.reason if isinstance(e, TrainingFailed) else f"{type(e).__name__}: {e}"
-                rows.append([name, "failed: " + reason[:80]] + [""] * 6)
-                continue
-            if out.get("status") != "profiled":  # a baseline: fitted, not trained
-                t = out["timing"]
-                rows.append([name, f"fit {t['fit_s']:.2f}", "", "", "", f"{t['eval_median_s']:.2f}", "", ""])
-                continue
-            r = out["history"][0]
-            t = r["time"]
-            rows.append([name, f"{t['train']:.2f}", f"{t['data']:.2f}", f"{t['forward']:.2f}",
-                         f"{t['backward']:.2f}", f"{t['eval']:.2f}", f"{r['examples_per_s']:.0f}",
-                         f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else f"rss {r['host_peak_rss_mb']:.0f}"])
-    header = ["model", "train s", "data", "forward", "backward+step", "eval", "ex/s", "peak MB"]
-    print(f"\nOne epoch on {config['dataset']['resolved_name']} ({len(dataset.train)} training examples), "
-          f"device {device}, seed {seed}:")
-    print(format_table(header, rows, markdown=False))
-    return 0
+    return profile_epochs(config, dataset, device, progress)
+
+
+def load_in_turn(spec: dict):
+    """`load_dataset` on rank 0 first (it may prepare and cache the dataset), then on the other ranks;
+    a usage error on rank 0 is raised on every rank."""
+    from .. import distributed
+
+    dataset, error = None, None
+    if distributed.is_main():
+        try:
+            dataset = load_dataset(spec)
+        except UserError as e:
+            error = str(e)
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+    return dataset if dataset is not None else load_dataset(spec)
+
+
+def create_run_dir(runs_dir, run_id: str, config: dict):
+    """Rank 0 creates the run folder (config.json, env.json); every rank gets its path, or its error."""
+    from .. import distributed
+    from ..env import environment
+    from ..runs import RunDir
+
+    outcome = None
+    if distributed.is_main():
+        try:
+            outcome = ("ok", str(RunDir.create(runs_dir, run_id, config, environment()).path))
+        except UserError as e:
+            outcome = ("error", str(e))
+    outcome = distributed.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise UserError(outcome[1])
+    return RunDir(outcome[1])
 
 
 def main(args) -> int:
-    from ..env import environment
-    from ..runs import RunDir, new_run_id, results_text
-    from ..train import resolve_device
+    from .. import distributed
+    from ..runs import RunDir
 
     progress = not args.no_progress
     if getattr(args, "threads", None) is not None:
@@ -314,38 +329,59 @@ def main(args) -> int:
             raise UserError("--profile trains one epoch and keeps nothing; it does not combine with --resume")
         check_resume_args(args)
         run_dir = RunDir.open(args.resume, args.runs_dir)
+        device_name = args.device or run_dir.config()["device"]
+    else:
+        run_dir, device_name = None, args.device or "auto"
+    with distributed.session(device_name) as device:
+        if distributed.is_main():
+            return execute(args, run_dir, device, progress)
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # rank 0 prints for all
+            return execute(args, run_dir, device, progress=False)
+
+
+def execute(args, run_dir, device, progress: bool) -> int:
+    """The run itself; `device` is set under torchrun (this process's device), else resolved here."""
+    from .. import distributed
+    from ..env import environment
+    from ..runs import dataset_fingerprint, new_run_id, results_text
+    from ..train import resolve_device
+
+    if run_dir is not None:  # --resume
         config = run_dir.config()
         if args.checkpoint_every is not None:
             config["checkpoint_every"] = args.checkpoint_every
         if args.deterministic:
             config["deterministic"] = True
-        dataset = load_dataset(config["dataset"])
-        from ..runs import dataset_fingerprint
-
+        dataset = load_in_turn(config["dataset"])
         if dataset_fingerprint(dataset) != config["dataset"]["fingerprint"]:
             raise UserError(f"--resume {args.resume}: dataset '{config['dataset']['name']}' differs from the one "
                             "this run started with (fingerprint mismatch); start a new run instead")
-        device = resolve_device(args.device or config["device"])
-        from ..io import write_json
+        device = device if device is not None else resolve_device(args.device or config["device"])
+        if distributed.is_main():
+            from ..io import write_json
 
-        write_json(run_dir.path / f"env.resume-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json",
-                   environment())
+            write_json(run_dir.path / f"env.resume-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json",
+                       environment())
     else:
-        dataset = load_dataset(dataset_spec(args))
+        dataset = load_in_turn(dataset_spec(args))
         config = new_config(args, dataset)
-        device = resolve_device(config["device"])
+        device = device if device is not None else resolve_device(config["device"])
         if args.profile:
             return profile(config, dataset, device, progress)
+        config["distributed"] = distributed.describe()
         if config["deterministic"]:  # so that env.json records the flags in force
             from ..train import seed_everything
 
             seed_everything(0, deterministic=True)
         hashed = {k: config[k] for k in ("models", "cfg", "seeds", "dataset", "deterministic")}
-        run_dir = RunDir.create(args.runs_dir, args.run_id or new_run_id(hashed), config, environment())
+        run_id = args.run_id or (new_run_id(hashed) if distributed.is_main() else None)
+        run_dir = create_run_dir(args.runs_dir, distributed.broadcast_object(run_id), config)
 
+    world = distributed.world()
     print(f"run {run_dir.run_id}: {len(config['models'])} model(s) x {len(config['seeds'])} seed(s) on "
           f"{config['dataset']['resolved_name']} ({len(dataset.train)} train / {len(dataset.valid)} valid / "
-          f"{len(dataset.test)} test examples, {dataset.n_items} items), device {device}", flush=True)
+          f"{len(dataset.test)} test examples, {dataset.n_items} items), device {device}"
+          + (f", {world} processes ({distributed.backend()})" if world > 1 else ""), flush=True)
     try:
         for name in config["models"]:
             for seed in config["seeds"]:
@@ -353,9 +389,11 @@ def main(args) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue with `sbr-bench run --resume {run_dir.path}`", file=sys.stderr)
         raise
-    results = run_dir.write_results()
-    print()
-    print(results_text(results))
-    print(f"\nrecord: {run_dir.path}  (results.md, results.json, <model>/seed<k>/)")
-    any_ok = any(m["seeds_ok"] for m in results["models"].values())
-    return 0 if any_ok else 1
+    code = None
+    if distributed.is_main():
+        results = run_dir.write_results()
+        print()
+        print(results_text(results))
+        print(f"\nrecord: {run_dir.path}  (results.md, results.json, <model>/seed<k>/)")
+        code = 0 if any(m["seeds_ok"] for m in results["models"].values()) else 1
+    return distributed.broadcast_object(code)
