@@ -65,13 +65,25 @@ def parse_args(argv=None):
                     help="another interpreter to run every model under as well (repeatable)")
     ap.add_argument("--compare-torch-scatter", action="store_true",
                     help="run every model with and without torch-scatter (import blocked) in this interpreter")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every model that has KEY (JSON value), e.g. dim=256 for the "
+                         "paper's setting, where all models use d = 256 and batch 100 (repeatable)")
     ap.add_argument("--json", metavar="FILE", help="also write all rows as JSON here")
     # internal: one model in a child process
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data-file", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--block-torch-scatter", action="store_true", help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        try:
+            json.loads(value)
+        except json.JSONDecodeError:
+            eq = ""
+        if not (key and eq):
+            ap.error(f"--set {item}: expected KEY=VALUE with a JSON value, e.g. --set dim=256")
+    return args
 
 
 # --- child: one model, one epoch -----------------------------------------------------------------------
@@ -89,7 +101,9 @@ def child(args) -> int:
     with open(args.data_file, "rb") as f:
         dataset = pickle.load(f)
     calls = count_torch_scatter_calls()
-    row = profile_model(args.child, model_config(args.child), dataset, args.device, seed=args.seed)
+    cfg = model_config(args.child)
+    cfg.update({k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set) if k in cfg})
+    row = profile_model(args.child, cfg, dataset, args.device, seed=args.seed)
     import torch_geometric.typing
 
     row.update(python=sys.executable, torch=torch.__version__,
@@ -143,7 +157,8 @@ def load_data(args):
 def run_child(python: str, extra: list, model: str, data_file: str, args, tmp: str) -> dict:
     out = os.path.join(tmp, f"row-{time.monotonic_ns()}.json")
     cmd = [python, os.path.abspath(__file__), "--child", model, "--data-file", data_file, "--out", out,
-           "--threads", str(args.threads), "--device", args.device, "--seed", str(args.seed), *extra]
+           "--threads", str(args.threads), "--device", args.device, "--seed", str(args.seed),
+           *[f"--set={item}" for item in args.set], *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0 or not os.path.exists(out):

@@ -12,10 +12,11 @@ needs ~40 GiB; do not run it on a small machine).
 Formula (bytes; E = (N+1)·d·4 the item table, L = B·N·4 the training logits of the B examples of one
 process), fitted on measurements with B = 50..400 at N = 1M and checked at N = 100k:
   model               E  (+ the encoder's few weights)
-  training peak       max(6E, 2E + 3L) above the model: Adam's step (foreach, with weight decay) holds
-                      the gradient, the two moments and about three table-sized temporaries; backward
-                      holds the two moments plus the logits, their log-softmax and their gradient.
-                      Under DDP (per process, L of the local share): max(6E, 3E + 3L), as the gradient
+  training peak       max(3E, 2E + 3L) above the model: the fused Adam step holds the gradient and the
+                      two moments (the foreach implementation needed about three more table-sized
+                      temporaries, 6E); backward holds the two moments plus the logits, their
+                      log-softmax and their gradient.
+                      Under DDP (per process, L of the local share): max(3E, 3E + 3L), as the gradient
                       bucket (the gradient itself, gradient_as_bucket_view) stays allocated; without the
                       bucket view DDP adds another E
   evaluation batch    Be·chunk·4 above the resting model: one float32 score block (chunk =
@@ -55,7 +56,7 @@ def predict(n_items: int, dim: int, batch: int, eval_batch: int, world: int = 1)
     logits = -(-batch // world) * n_items * 4  # the largest share of a global batch
     chunk = max(1, min(n_items, MAX_SCORE_CELLS // eval_batch))
     resting = 2 * table if world == 1 else 3 * table  # Adam's moments (+ DDP's gradient bucket)
-    return {"model": table, "train_steady": max(6 * table, resting + 3 * logits), "eval": eval_batch * chunk * 4}
+    return {"model": table, "train_steady": max(3 * table, resting + 3 * logits), "eval": eval_batch * chunk * 4}
 
 
 def child(args) -> None:

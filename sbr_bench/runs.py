@@ -9,6 +9,7 @@ runs/<run-id>/
     checkpoint.pt     latest state (end of epoch or mid-epoch): resume continues from here
     summary.json      status ok|failed (+ reason), best epoch, valid + test metrics, timing summary
     ranks.npz         per-example test ranks (expected, pessimistic, optimistic) and prefix lengths
+    attempts.jsonl    sweeps only: one line per attempt (engine, host, pid, device, resumed), see engines.py
   results.json        per model: mean ± std over seeds, timing, significance against the best model
   results.md          the same as Markdown tables (paper Table 2 style)
 ```
