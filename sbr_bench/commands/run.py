@@ -271,13 +271,6 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
     return summary
 
 
-def profile(config: dict, dataset, device, progress: bool) -> int:
-    """`--profile`: one epoch per model, per-phase breakdown against the scoring bound (sbr_bench.profiling)."""
-    from ..profiling import profile as profile_epochs
-
-    return profile_epochs(config, dataset, device, progress)
-
-
 def load_in_turn(spec: dict):
     """`load_dataset` on rank 0 first (it may prepare and cache the dataset), then on the other ranks;
     a usage error on rank 0 is raised on every rank."""
@@ -367,6 +360,8 @@ def execute(args, run_dir, device, progress: bool) -> int:
         config = new_config(args, dataset)
         device = device if device is not None else resolve_device(config["device"])
         if args.profile:
+            from ..profiling import profile  # one epoch per model against the scoring bound
+
             return profile(config, dataset, device, progress)
         config["distributed"] = distributed.describe()
         if config["deterministic"]:  # so that env.json records the flags in force
