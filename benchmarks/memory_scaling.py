@@ -34,20 +34,6 @@ GIB = 2**30
 MIB = 2**20
 
 
-def _status() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS", "VmHWM")):
-                out[line.split(":")[0]] = int(line.split()[1]) * 1024
-    return out
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-
-
 def predict(n_items: int, dim: int, batch: int, eval_batch: int, world: int = 1) -> dict:
     """The README formula, in bytes."""
     from sbr_bench.evaluate import MAX_SCORE_CELLS
@@ -68,6 +54,7 @@ def child(args) -> None:
     from sbr_bench.data.sessions import Sessions, Split
     from sbr_bench.evaluate import evaluate
     from sbr_bench.models.registry import build_model
+    from sbr_bench.profiling import current_rss_mb, peak_rss_mb, reset_peak_rss
     from sbr_bench.train import _LossOf, make_optimizer
 
     n, rank, world = args.items, args.rank, args.world
@@ -78,7 +65,7 @@ def child(args) -> None:
     evaluation = Split(split.sessions, split.ex_seq[: args.eval_batch], split.ex_len[: args.eval_batch])
     cfg = dict(dim=args.dim, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, optimizer="adam")
     torch.manual_seed(0)
-    before = _status()["VmRSS"]
+    before = current_rss_mb() * MIB
     model, _ = build_model("srgnn", n, cfg)
     net = model
     if world > 1:
@@ -89,23 +76,23 @@ def child(args) -> None:
         net = DistributedDataParallel(_LossOf(model), static_graph=True,
                                       gradient_as_bucket_view=not args.no_bucket_view)
     optimizer, _ = make_optimizer(model, cfg)
-    with_model = _status()["VmRSS"]
+    with_model = current_rss_mb() * MIB
     loader = ExampleLoader(split, args.batch_size, n, shuffle=True, rank=rank, world=world)
     batches = loader.batches(0)
     peaks = []
     for _ in range(3):  # the first step allocates Adam's moments; the later ones show the steady state
         batch = next(batches)
-        _reset_peak()
+        reset_peak_rss()
         loss, _ = net(batch) if world > 1 else model.loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        peaks.append(_status()["VmHWM"])
+        peaks.append(peak_rss_mb() * MIB)
     optimizer.zero_grad(set_to_none=True)  # evaluation holds no gradients
-    resting = _status()["VmRSS"]
-    _reset_peak()
+    resting = current_rss_mb() * MIB
+    reset_peak_rss()
     evaluate(model, evaluation, n, batch_size=args.eval_batch)
-    eval_peak = _status()["VmHWM"]
+    eval_peak = peak_rss_mb() * MIB
     print(json.dumps({"model": with_model - before, "rss_with_model": with_model,
                       "train_first": peaks[0] - with_model, "train_steady": max(peaks[1:]) - with_model,
                       "train_steady_total": max(peaks[1:]), "eval": eval_peak - resting,

@@ -34,15 +34,6 @@ from sbr_bench.train import make_optimizer
 clock = time.process_time
 
 
-def keep_freed_memory() -> None:
-    """glibc: serve big allocations from the heap and never trim it (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    if not (libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, 2**31 - 1)):
-        raise SystemExit("--keep-freed-memory: mallopt failed (not glibc?)")
-
-
 def matmul_step(s: torch.Tensor, items: torch.Tensor, grad: torch.Tensor) -> tuple[float, float]:
     t0 = clock()
     scores = s @ items.t()
@@ -101,7 +92,10 @@ def main():
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.keep_freed_memory:
-        keep_freed_memory()
+        from sbr_bench.env import keep_freed_memory  # what the trainer does at start
+
+        if not keep_freed_memory():
+            raise SystemExit("--keep-freed-memory: not glibc, or MALLOC_*_THRESHOLD_ already set")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 

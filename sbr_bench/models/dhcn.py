@@ -99,10 +99,11 @@ def hypergraph_factors(edge_ids: np.ndarray, items: np.ndarray, n_items: int) ->
     return (sp.diags(inv_d) @ h_t.T @ sp.diags(inv_b)).tocsr(), h_t
 
 
-def hypergraph_operator(edge_ids: np.ndarray, items: np.ndarray, n_items: int,
-                        min_weight: float = 0.0) -> sp.coo_matrix:
-    """A = D^-1 H B^-1 H^T over items 1..n_items (row/col j = item j+1), hyperedges of unit weight."""
-    left, h_t = hypergraph_factors(edge_ids, items, n_items)
+def hypergraph_operator(edge_ids: np.ndarray, items: np.ndarray, n_items: int, min_weight: float = 0.0,
+                        factors=None) -> sp.coo_matrix:
+    """A = D^-1 H B^-1 H^T over items 1..n_items (row/col j = item j+1), hyperedges of unit weight;
+    `factors`: the `hypergraph_factors` of the same hyperedges, when already computed."""
+    left, h_t = factors if factors is not None else hypergraph_factors(edge_ids, items, n_items)
     a = (left @ h_t).tocoo()
     if min_weight > 0:
         keep = a.data >= min_weight
@@ -169,14 +170,15 @@ class DHCNEncoder(Encoder):
 
     def prepare(self, train) -> None:
         edge_ids, items = hyperedge_items(train, self.hyperedges)
-        a = hypergraph_operator(edge_ids, items, self.n_items, self.min_weight)
+        factors = hypergraph_factors(edge_ids, items, self.n_items)
+        a = hypergraph_operator(edge_ids, items, self.n_items, self.min_weight, factors)
         index = torch.from_numpy(np.stack([a.row, a.col]).astype(np.int64))
         device = self.adjacency.device if self.adjacency is not None else torch.device("cpu")
         self.adjacency = torch.sparse_coo_tensor(
             index, torch.from_numpy(a.data.astype(np.float32)), a.shape, check_invariants=True).coalesce().to(device)
         # A x as D^-1 H B^-1 (H^T x) touches nnz(H) twice instead of nnz(A) (about 2.3M vs 2 x 0.7M on
         # Diginetica's sessions); only exact without the min_weight pruning of A's entries.
-        left, right = hypergraph_factors(edge_ids, items, self.n_items)
+        left, right = factors
         if self.min_weight > 0 or left.nnz + right.nnz >= a.nnz:
             left, right = a, None
         mats = {"op_left": left, "op_left_t": left.T}
