@@ -9,7 +9,7 @@ import sys
 
 from .errors import UserError
 
-COMMANDS = ["run", "datasets", "dissect", "sweep", "report"]
+COMMANDS = ["run", "reproduce", "datasets", "dissect", "sweep", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,32 @@ TABLE_KS = (5, 10, 20)
 HEADLINE = ("HR@20", "MRR@20")
 SELECTION_METRIC = "MRR@20"
 
+# How the reported test numbers were chosen (`--selection`); recorded in every run and shown with every table.
+SELECTIONS = {
+    "refit": "epochs chosen on validation MRR@20, then the model retrained from scratch on train + validation "
+             "for that many epochs; test evaluated once",
+    "valid": "epoch chosen on validation MRR@20, the validation split never trained on; test evaluated once",
+    "literature": "TEST-SELECTED, OPTIMISTIC: trained on train + validation with the test split evaluated "
+                  "after every epoch and each metric's best epoch reported, as the reference code does; "
+                  "not comparable with validation-selected numbers",
+}
+DEFAULT_SELECTION = "refit"
+
+
+def selection_of(config: dict) -> str:
+    """The selection mode of a run config (runs recorded before `--selection` existed used `valid`)."""
+    mode = config.get("selection", "valid")
+    return mode if mode in SELECTIONS else "valid"
+
+
+def selection_caption(mode: str) -> str:
+    return f"Selection: {mode} ({SELECTIONS[mode]})."
+
+
+def headline_header(mode: str) -> list[str]:
+    """The metric column names: under `literature` they say, in the table itself, that they are test-selected."""
+    return [f"{m} best-on-test" if mode == "literature" else m for m in HEADLINE]
+
 
 def config_hash(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -232,6 +258,7 @@ def collect_results(run: RunDir) -> dict:
     return {
         "run_id": run.run_id,
         "dataset": config.get("dataset", {}).get("name"),
+        "selection": selection_of(config),
         "seeds": config["seeds"],
         "models": models,
         "best": {metric: {"model": r["best"], "significant": r["best_significant"]} for metric, r in tests.items()},
@@ -300,6 +327,10 @@ def table_rows(results: dict, markdown: bool = True) -> list[list[str]]:
 TABLE_HEADER = ["model", "HR@20", "MRR@20", "s/epoch", "data", "forward", "backward", "eval", "ex/s", "seeds"]
 
 
+def table_header(results: dict) -> list[str]:
+    return TABLE_HEADER[:1] + headline_header(results["selection"]) + TABLE_HEADER[3:]
+
+
 def format_table(header, rows, markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -311,8 +342,9 @@ def format_table(header, rows, markdown: bool) -> str:
 
 
 def results_text(results: dict) -> str:
-    """The headline table for the terminal."""
-    return format_table(TABLE_HEADER, table_rows(results, markdown=False), markdown=False)
+    """The headline table for the terminal, under its selection caption."""
+    return (selection_caption(results["selection"]) + "\n"
+            + format_table(table_header(results), table_rows(results, markdown=False), markdown=False))
 
 
 def results_markdown(results: dict) -> str:
@@ -324,17 +356,18 @@ def results_markdown(results: dict) -> str:
     parts = [
         f"# Results of run {results['run_id']} on {results['dataset']}",
         "",
-        f"Test split, ×100, mean ± std over seeds {results['seeds']}; model selection on validation MRR@20. "
+        f"Test split, ×100, mean ± std over seeds {results['seeds']}. {selection_caption(results['selection'])} "
         "Time per epoch: median seconds of training (data + forward + backward) over epochs after the "
         "first; phases are medians; eval is the validation pass. Marks: \\*\\* p < 0.01, \\* p < 0.05 "
         "(Holm-corrected paired t-test on per-example values, averaged over seeds, against the best model); "
         "the best is bold only when significantly better (p < 0.01) than every other model.",
         "",
-        format_table(TABLE_HEADER, table_rows(results, markdown=True), markdown=True),
+        format_table(table_header(results), table_rows(results, markdown=True), markdown=True),
         "",
         "## All metrics (test)",
         "",
-        format_table(["model"] + metrics, full_rows, markdown=True),
+        format_table(["model"] + ([f"{m} best-on-test" for m in metrics] if results["selection"] == "literature"
+                                  else metrics), full_rows, markdown=True),
     ]
     if failed:
         parts += ["", "## Failed or unfinished", ""] + failed

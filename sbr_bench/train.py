@@ -24,9 +24,9 @@ import copy
 import dataclasses
 import math
 import random
-import resource
 import time
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ import torch
 from . import distributed
 from .env import keep_freed_memory
 from .errors import UserError
-from .runs import SELECTION_METRIC, Run, timing_summary
+from .profiling import peak_rss_mb
+from .runs import SELECTION_METRIC, SELECTIONS, Run, timing_summary
 
 EVAL_BATCH_SIZE = 500
 
@@ -77,10 +78,6 @@ def resolve_device(name: str) -> torch.device:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _host_peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def _rng_state() -> dict:
@@ -135,15 +132,21 @@ def evaluate_split(model, split, n_items: int, device, extra=None, batch_size: i
 
 
 def make_optimizer(model, cfg: dict):
+    """Adam/AdamW with the cfg's lr and l2, and StepLR(lr_step, lr_decay). Parameters a model names in
+    `no_weight_decay()` (SparseVD's variational ones) get no l2."""
     name = str(cfg.get("optimizer", "adam")).lower()
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if name not in kinds:
         raise UserError(f"--set optimizer={name}: unknown optimizer; choose one of {', '.join(kinds)}")
-    params = list(model.parameters())
+    exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    named = list(model.named_parameters())
+    groups = [{"params": [p for n, p in named if n not in exempt], "weight_decay": cfg["l2"]},
+              {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
     try:  # fused: one kernel over all parameters; 5-10x faster steps on the item table (model_step.py)
-        optimizer = kinds[name](params, lr=cfg["lr"], weight_decay=cfg["l2"], fused=True)
+        optimizer = kinds[name](groups, lr=cfg["lr"], fused=True)
     except (RuntimeError, TypeError):  # a device or dtype without a fused kernel
-        optimizer = kinds[name](params, lr=cfg["lr"], weight_decay=cfg["l2"])
+        optimizer = kinds[name](groups, lr=cfg["lr"])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(cfg["lr_step"])),
                                                 gamma=cfg["lr_decay"])
     return optimizer, scheduler
@@ -151,18 +154,53 @@ def make_optimizer(model, cfg: dict):
 
 def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0, progress: bool = True,
                 checkpoint_every: int = 0, deterministic: bool = False, max_epochs: int | None = None,
-                evaluate_test: bool = True) -> dict:
-    """Train (or fit) `model` on `dataset.train`, select on `dataset.valid`, test once; write the unit's
-    records in `run` and return its summary. `max_epochs`/`evaluate_test=False` serve `--profile`.
-    Raises TrainingFailed on a non-finite loss or when out of memory."""
+                evaluate_test: bool = True, selection: str = "valid", rebuild=None) -> dict:
+    """Train (or fit) `model` under a selection mode, evaluate the test split, write the unit's records in
+    `run` and return its summary.
+
+    Args:
+        selection: `refit` (choose the epoch on validation, then train a fresh model on train + validation
+            for that many epochs and test it once), `valid` (choose on validation, test those weights once)
+            or `literature` (train on train + validation, test every epoch, best epoch per metric: the
+            reference code's protocol, test-selected and optimistic). See `runs.SELECTIONS`.
+        rebuild: for `refit`, a callable returning a freshly initialised model, seeded as `model` was (the
+            refit then follows exactly the trajectory that `literature` would, up to the chosen epoch).
+        max_epochs, evaluate_test: `--profile` trains a few epochs and skips the test.
+    Returns:
+        The summary written to `run.summary_path`.
+    Raises:
+        TrainingFailed on a non-finite loss or when out of memory.
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"unknown selection '{selection}'; choose one of {', '.join(SELECTIONS)}")
     device = torch.device(device)
     keep_freed_memory()
     seed_everything(seed, deterministic)
     try:
         if getattr(model, "trainable", True) is False:
-            return _fit_baseline(model, dataset, run, device, evaluate_test)
-        return _Trainer(model, dataset, cfg, run, device, seed, progress, checkpoint_every).fit(
-            max_epochs, evaluate_test)
+            return _fit_baseline(model, dataset, run, device, evaluate_test, selection)
+        common = dict(dataset=dataset, run=run, device=device, seed=seed, progress=progress,
+                      checkpoint_every=checkpoint_every)
+        if selection == "literature":
+            return _Trainer(model, dataset.train_and_valid(), cfg, watch="test", **common).fit(max_epochs, evaluate_test)
+        if selection == "valid" or not evaluate_test:
+            return _Trainer(model, dataset.train, cfg, watch="valid", **common).fit(max_epochs, evaluate_test)
+        if rebuild is None:
+            raise ValueError("selection 'refit' needs `rebuild`, a callable that builds a fresh model")
+        chosen = _Trainer(model, dataset.train, cfg, watch="valid", **common).fit(max_epochs, evaluate_test=False)
+        fresh = rebuild()
+        seed_everything(seed, deterministic)  # as before the selection run: the same seeds, the same order
+        epochs = chosen["best_epoch"] + 1
+        common["run"] = Run(run.path / "refit", run.model, run.seed)
+        final = _Trainer(fresh, dataset.train_and_valid(), dict(cfg, epochs=epochs, patience=0), watch=None,
+                         **common).fit(None, evaluate_test=True, record=run)
+        final.update(best_epoch=chosen["best_epoch"], valid=chosen["best_valid"], refit_epochs=epochs,
+                     selection_epochs_trained=len(chosen["history"]),
+                     stopped_early=chosen["stopped_early"], max_epochs=chosen["max_epochs"])
+        final["timing"]["eval_median_s"] = chosen["timing"].get("eval_median_s")  # the refit evaluates nothing
+        if distributed.is_main():
+            run.write_summary(final)
+        return final
     except RuntimeError as e:  # torch's OutOfMemoryError is a RuntimeError too
         if "out of memory" in str(e).lower():
             raise TrainingFailed(f"out of memory: {str(e).splitlines()[0][:200]}") from e
@@ -199,20 +237,27 @@ def _length_buckets(result, split) -> dict:
     return bucket_metrics(result.ranks_optimistic, result.ranks_pessimistic, split.ex_len, ks=(10, 20))
 
 
-def _fit_baseline(model, dataset, run: Run, device, evaluate_test: bool = True) -> dict:
+def _fit_baseline(model, dataset, run: Run, device, evaluate_test: bool = True, selection: str = "valid") -> dict:
+    """Fit on the training split and evaluate validation; for the test, `refit` and `literature` fit again
+    on train + validation (a baseline has no epochs to select, so both give the same test number)."""
     if hasattr(model, "to"):
         model.to(device)
     start = time.perf_counter()
-    model.fit(dataset.train)  # training sessions only, like the neural models
+    model.fit(dataset.train)
     fit_s = time.perf_counter() - start
     valid = evaluate_split(model, dataset.valid, dataset.n_items, device)
     if not evaluate_test:  # --profile
         return {"status": "fitted", "timing": {"fit_s": fit_s, "eval_median_s": float(valid.seconds)}}
+    if selection != "valid":
+        start = time.perf_counter()
+        model.fit(dataset.train_and_valid())
+        fit_s = time.perf_counter() - start
     test = evaluate_split(model, dataset.test, dataset.n_items, device)
     summary = {
-        "status": "ok", "kind": "baseline", "best_epoch": None, "epochs_trained": 0,
+        "status": "ok", "kind": "baseline", "best_epoch": None, "epochs_trained": 0, "selection": selection,
+        "fitted_on": "train" if selection == "valid" else "train+valid",
         "valid": valid.metrics, "test": test.metrics,
-        "timing": {"fit_s": fit_s, "eval_median_s": float(valid.seconds), "host_peak_rss_mb": _host_peak_rss_mb(),
+        "timing": {"fit_s": fit_s, "eval_median_s": float(valid.seconds), "host_peak_rss_mb": peak_rss_mb(),
                    **_distributed_timing()},
         **_result_fields("valid", valid), **_result_fields("test", test),
         "test_by_length": _length_buckets(test, dataset.test), "audit": _audit(model, dataset, device),
@@ -240,20 +285,24 @@ class _LossOf(torch.nn.Module):
 
 
 class _Trainer:
-    def __init__(self, model, dataset, cfg, run: Run, device, seed, progress, checkpoint_every):
+    """Trains `model` on `train` (a split of `dataset`) and evaluates `watch` after every epoch: "valid"
+    selects the epoch and stops early on validation, "test" does both on the test split (the literature
+    protocol), None trains a fixed number of epochs (the refit)."""
+
+    def __init__(self, model, train, cfg, *, dataset, run: Run, watch, device, seed, progress, checkpoint_every):
         from .data.graphs import ExampleLoader
 
-        self.model, self.dataset, self.cfg, self.run = model, dataset, cfg, run
+        self.model, self.dataset, self.cfg, self.run, self.watch = model, dataset, cfg, run, watch
         self.world, self.rank, self.main = distributed.world(), distributed.rank(), distributed.is_main()
         self.device, self.seed, self.progress = device, seed, progress and self.main
         self.checkpoint_every = int(checkpoint_every or 0)
         self.extra = tuple(getattr(model, "extra_graphs", ()))
         if hasattr(model, "prepare"):  # before moving: what prepare builds (buffers) moves with the model
-            model.prepare(dataset.train)
+            model.prepare(train)
         model.to(device)
         self.optimizer, self.scheduler = make_optimizer(model, cfg)
         try:
-            self.loader = ExampleLoader(dataset.train, cfg["batch_size"], dataset.n_items, shuffle=True, seed=seed,
+            self.loader = ExampleLoader(train, cfg["batch_size"], dataset.n_items, shuffle=True, seed=seed,
                                         extra=self.extra, rank=self.rank, world=self.world)
         except ValueError as e:
             raise UserError(f"batch_size={cfg['batch_size']}: {e}") from None
@@ -273,6 +322,7 @@ class _Trainer:
         self.state = {
             "epoch": 0, "batch": 0, "partial": None, "history": [], "best_metric": -math.inf,
             "best_epoch": None, "best_valid": None, "best_weights": None, "bad_epochs": 0, "done": False,
+            "best_test": None, "best_test_epoch": None, "best_test_result": None,
         }
 
     # --- checkpoints -------------------------------------------------------------------------------
@@ -314,20 +364,25 @@ class _Trainer:
         return True
 
     # --- loop --------------------------------------------------------------------------------------
-    def fit(self, max_epochs: int | None, evaluate_test: bool) -> dict:
+    def fit(self, max_epochs: int | None, evaluate_test: bool, record: Run | None = None) -> dict:
+        """Train to the end (resuming from the checkpoint), then test; the summary, ranks and final
+        weights go to `record` (default: this trainer's run)."""
         resumed = self.restore()
         epochs = int(self.cfg["epochs"] if max_epochs is None else max_epochs)
-        patience = int(self.cfg.get("patience") or 0)
+        patience = int(self.cfg.get("patience") or 0) if self.watch else 0
         st = self.state
         while not st["done"] and st["epoch"] < epochs and not (patience > 0 and st["bad_epochs"] >= patience):
             row = self.train_epoch(resumed and st["batch"] > 0)
             resumed = False
             self.end_epoch(row)
-        st["done"] = True
+        if not st["done"]:
+            st["done"] = True
+            self.save()  # a crash after this point (test pass, refit) resumes straight past training
         if not evaluate_test:
-            return {"status": "profiled", "history": st["history"]}
-        self.save()  # a crash during the test pass resumes straight to it
-        return self.finish(epochs, patience)
+            return {"status": "selected", "history": st["history"], "best_epoch": st["best_epoch"],
+                    "best_valid": st["best_valid"], "stopped_early": len(st["history"]) < epochs,
+                    "max_epochs": epochs, "timing": timing_summary(st["history"])}
+        return self.finish(epochs, patience, record or self.run)
 
     def train_epoch(self, mid_epoch_resume: bool) -> dict:
         from tqdm.auto import tqdm
@@ -422,23 +477,10 @@ class _Trainer:
         if not self.at_start:
             self.scheduler.step()
         distributed.sync_buffers(self.model)  # one model for evaluation (BatchNorm statistics of rank 0)
-        _sync(self.device)
-        start = time.perf_counter()
-        valid = evaluate_split(self.model, self.dataset.valid, self.dataset.n_items, self.device, self.extra)
-        _sync(self.device)
-        row["time"]["eval"] = time.perf_counter() - start
-        row["valid"] = valid.metrics
-        row["valid_tie_rate"] = float(valid.tie_rate)
-        row["valid_nonfinite"] = int(valid.nonfinite)
-        row["host_peak_rss_mb"] = _host_peak_rss_mb()
-        score = valid.metrics[SELECTION_METRIC]
-        if not math.isfinite(score):  # gathered metrics: the same on every rank
-            raise TrainingFailed(f"validation {SELECTION_METRIC} is {score} at epoch {st['epoch']}", shared=True)
-        if score > st["best_metric"]:  # strictly better: the earliest best epoch wins ties
-            st.update(best_metric=score, best_epoch=st["epoch"], best_valid=valid.metrics, bad_epochs=0,
-                      best_weights={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
-        else:
-            st["bad_epochs"] += 1
+        row["host_peak_rss_mb"] = peak_rss_mb()
+        row["time"]["eval"] = 0.0
+        if self.watch is not None:
+            self.evaluate_epoch(row)
         row["best_epoch_so_far"] = st["best_epoch"]
         st["history"].append(row)
         if self.main:
@@ -448,30 +490,80 @@ class _Trainer:
         if self.progress:
             from tqdm.auto import tqdm
 
+            seen = row.get(self.watch or "", {})
             tqdm.write(f"  {self.run.model} seed{self.seed} epoch {row['epoch']}: loss {row['loss']:.4f}  "
-                       f"valid HR@20 {valid.metrics.get('HR@20', float('nan')):.2f} "
-                       f"MRR@20 {score:.2f}  {row['time']['train']:.1f}s train + {row['time']['eval']:.1f}s eval")
+                       + (f"{self.watch} HR@20 {seen.get('HR@20', float('nan')):.2f} "
+                          f"MRR@20 {seen.get(SELECTION_METRIC, float('nan')):.2f}  " if seen else "")
+                       + f"{row['time']['train']:.1f}s train + {row['time']['eval']:.1f}s eval")
 
-    def finish(self, epochs: int, patience: int) -> dict:
+    def evaluate_epoch(self, row: dict) -> None:
+        """Evaluate the watched split; keep the best epoch by MRR@20 (its weights, or for the test split
+        the best value of every metric and the ranks of the best-MRR@20 epoch)."""
+        st, split = self.state, getattr(self.dataset, self.watch)
+        _sync(self.device)
+        start = time.perf_counter()
+        result = evaluate_split(self.model, split, self.dataset.n_items, self.device, self.extra)
+        _sync(self.device)
+        row["time"]["eval"] = time.perf_counter() - start
+        row[self.watch] = result.metrics
+        row[f"{self.watch}_tie_rate"] = float(result.tie_rate)
+        row[f"{self.watch}_nonfinite"] = int(result.nonfinite)
+        score = result.metrics[SELECTION_METRIC]
+        if not math.isfinite(score):  # gathered metrics: the same on every rank
+            raise TrainingFailed(f"{self.watch} {SELECTION_METRIC} is {score} at epoch {st['epoch']}", shared=True)
+        improved = score > st["best_metric"]  # strictly better: the earliest best epoch wins ties
+        if improved:
+            st.update(best_metric=score, best_epoch=st["epoch"], bad_epochs=0)
+        else:
+            st["bad_epochs"] += 1
+        if self.watch == "valid":
+            if improved:
+                st.update(best_valid=result.metrics,
+                          best_weights={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
+            return
+        best, when = st["best_test"] or {}, st["best_test_epoch"] or {}
+        for metric, value in result.metrics.items():  # each metric's best epoch, as the reference code reports
+            if metric not in best or value > best[metric]:
+                best[metric], when[metric] = value, st["epoch"]
+        st.update(best_test=best, best_test_epoch=when)
+        if improved:
+            st["best_test_result"] = {k: getattr(result, k) for k in (
+                "metrics", "ranks", "ranks_optimistic", "ranks_pessimistic", "tie_rate", "nonfinite", "seconds")}
+
+    def finish(self, epochs: int, patience: int, record: Run) -> dict:
         st = self.state
-        if st["best_weights"] is not None:
-            self.model.load_state_dict(st["best_weights"])
-        test = evaluate_split(self.model, self.dataset.test, self.dataset.n_items, self.device, self.extra)
+        if self.watch == "test":  # the test split was evaluated every epoch: nothing left to evaluate
+            test = SimpleNamespace(**st["best_test_result"])
+            reported = dict(st["best_test"])
+        else:
+            if st["best_weights"] is not None:
+                self.model.load_state_dict(st["best_weights"])
+            test = evaluate_split(self.model, self.dataset.test, self.dataset.n_items, self.device, self.extra)
+            reported = test.metrics
         timing = dict(timing_summary(st["history"]), **_distributed_timing())
         summary = {
-            "status": "ok", "kind": "trained", "best_epoch": st["best_epoch"],
+            "status": "ok", "kind": "trained", "selection": _selection_of(self.watch),
+            "best_epoch": st["best_epoch"] if self.watch else len(st["history"]) - 1,
             "epochs_trained": len(st["history"]), "max_epochs": epochs, "patience": patience,
             "stopped_early": len(st["history"]) < epochs,
-            "selection": f"valid {SELECTION_METRIC}", "valid": st["best_valid"] or {}, "test": test.metrics,
+            "valid": st["best_valid"] or {}, "test": reported,
             "timing": timing, "n_parameters": sum(p.numel() for p in self.model.parameters()),
             **_result_fields("test", test), "test_by_length": _length_buckets(test, self.dataset.test),
             "audit": _audit(self.model, self.dataset, self.device),
         }
+        if self.watch == "test":
+            summary.update(test_best_epoch=st["best_test_epoch"], test_selected=True)
         if not self.main:
             return summary
-        self.run.write_ranks(test, self.dataset.test.ex_len)
-        self.run.write_summary(summary)
-        # Keep only the selected weights: enough for later analysis, a fraction of the full state.
-        self.run.save_checkpoint({"model": copy.deepcopy(self.model.state_dict()), "best_epoch": st["best_epoch"],
-                                  "cfg": self.cfg, "seed": self.seed, "finished": True})
+        record.write_ranks(test, self.dataset.test.ex_len)
+        record.write_summary(summary)
+        # Keep only the tested weights: enough for later analysis, a fraction of the full state.
+        record.save_checkpoint({"model": copy.deepcopy(self.model.state_dict()), "best_epoch": summary["best_epoch"],
+                                "cfg": self.cfg, "seed": self.seed, "finished": True})
+        if record.path != self.run.path:  # the refit's full state is no longer needed (its epochs.jsonl stays)
+            self.run.checkpoint_path.unlink(missing_ok=True)
         return summary
+
+
+def _selection_of(watch) -> str:
+    return {"valid": "valid", "test": "literature", None: "refit"}[watch]

@@ -17,7 +17,13 @@ HELP = "train and evaluate models on a dataset over seeds (Table 2 style results
 EPILOG = """\
 Epochs: --epochs N sets every model's epochs; without it each model uses its own default (--set epochs=N
 also works), capped at 5 on the built-in synthetic datasets, where all ten models take about 2 minutes on
-2 idle CPU cores. Early stopping (patience) and model selection use validation MRR@20 only.
+2 idle CPU cores.
+Selection (--selection): refit (default) chooses the number of epochs on validation MRR@20 (early stopping
+with the model's patience), then trains the model again from scratch, same seed, on train + validation for
+that many epochs and evaluates the test split once; baselines are fitted on train + validation for the
+test. valid keeps the selected weights (never trained on validation). literature does what the reference
+code does: train on train + validation, evaluate the test split after every epoch, report each metric's
+best epoch; its tables say best-on-test: optimistic, never the default, never mixed with the others.
 Threads: on a CPU shared with other jobs, --threads 1 avoids oversubscription (measured 10-30x slowdowns).
 Multi-process: `torchrun --nproc_per_node N -m sbr_bench.cli run ...` trains each model with
 DistributedDataParallel over N processes (gloo on CPU, NCCL with one GPU per process); --batch-size stays
@@ -38,6 +44,7 @@ def add_arguments(p) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--models", help="all | table3 | comma-separated names | ENCODER+READOUT (default: all)")
     add_dataset_arguments(p, default=None)
+    add_selection_argument(p)
     p.add_argument("--runs-dir", default="runs", help="where run records go (default: runs)")
     p.add_argument("--seeds", type=int, help="number of seeds: 0..N-1 (default: 1)")
     p.add_argument("--seed-list", help="explicit comma-separated seeds, e.g. 0,3,7 (instead of --seeds)")
@@ -75,6 +82,13 @@ def add_dataset_arguments(p, default="synthetic") -> None:
                    help="latest share of training sessions held out for validation (default: 0.1)")
     p.add_argument("--protocol-param", action="append", default=[], metavar="KEY=VALUE",
                    help="protocol parameter, e.g. strict=true (repeatable)")
+
+
+def add_selection_argument(p) -> None:
+    from ..runs import DEFAULT_SELECTION, SELECTIONS
+
+    p.add_argument("--selection", choices=tuple(SELECTIONS), help="how the reported test numbers are chosen: "
+                   f"refit | valid | literature (default: {DEFAULT_SELECTION}; see below)")
 
 
 def dataset_spec(args) -> dict:
@@ -127,9 +141,11 @@ def epoch_cap(dataset_name: str) -> int | None:
 
 
 def model_configs(models: list[str], args, dataset_name: str) -> dict:
-    from ..models.registry import model_config
+    from ..models.registry import TABLE3_DIM, model_config
 
     global_sets, scoped = parse_sets(args.set, models)
+    if "table3" in [p.strip() for p in (args.models or "").split(",")]:
+        global_sets.setdefault("dim", TABLE3_DIM)  # both sides of Table 3 at the paper's d
     if args.epochs is not None:
         global_sets["epochs"] = args.epochs
     if args.batch_size is not None:
@@ -214,13 +230,19 @@ def new_config(args, dataset) -> dict:
         "epochs_rule": ("--epochs" if args.epochs is not None else
                         f"model default capped at {epoch_cap(dataset.name)}" if epoch_cap(dataset.name) else
                         "model default"),
-        "selection": "valid MRR@20",
+        "selection": selection_arg(args),
     }
+
+
+def selection_arg(args) -> str:
+    from ..runs import DEFAULT_SELECTION
+
+    return getattr(args, "selection", None) or DEFAULT_SELECTION
 
 
 def check_resume_args(args) -> None:
 
-    fixed = {"--models": args.models, "--dataset": args.dataset, "--seeds": args.seeds,
+    fixed = {"--models": args.models, "--dataset": args.dataset, "--seeds": args.seeds, "--selection": args.selection,
              "--seed-list": args.seed_list, "--epochs": args.epochs, "--batch-size": args.batch_size,
              "--set": args.set or None, "--run-id": args.run_id}
     given = [flag for flag, value in fixed.items() if value is not None]
@@ -235,6 +257,7 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
     from .. import distributed
     from ..io import write_text
     from ..models.registry import build_model
+    from ..runs import selection_of
     from ..train import TrainingFailed, seed_everything, train_model
 
     unit = run_dir.unit(name, seed)
@@ -244,11 +267,14 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
         return summary
     print(f"[{name} seed {seed}] {'resuming' if unit.checkpoint_path.exists() else 'training'} on {device}",
           flush=True)
-    try:
+    def build():
         seed_everything(seed, config["deterministic"])  # model init depends on the seed
-        model, _ = build_model(name, dataset.n_items, cfg)
-        summary = train_model(model, dataset, cfg, unit, device=device, seed=seed, progress=progress,
-                              checkpoint_every=config["checkpoint_every"], deterministic=config["deterministic"])
+        return build_model(name, dataset.n_items, cfg)[0]
+
+    try:
+        summary = train_model(build(), dataset, cfg, unit, device=device, seed=seed, progress=progress,
+                              checkpoint_every=config["checkpoint_every"], deterministic=config["deterministic"],
+                              selection=selection_of(config), rebuild=build)
     except TrainingFailed as e:
         if distributed.world() > 1 and not e.shared:  # one rank alone: the others wait in a collective
             raise
@@ -368,7 +394,7 @@ def execute(args, run_dir, device, progress: bool) -> int:
             from ..train import seed_everything
 
             seed_everything(0, deterministic=True)
-        hashed = {k: config[k] for k in ("models", "cfg", "seeds", "dataset", "deterministic")}
+        hashed = {k: config[k] for k in ("models", "cfg", "seeds", "dataset", "deterministic", "selection")}
         run_id = args.run_id or (new_run_id(hashed) if distributed.is_main() else None)
         run_dir = create_run_dir(args.runs_dir, distributed.broadcast_object(run_id), config)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .run import add_dataset_arguments
+from .run import add_dataset_arguments, add_selection_argument
 
 HELP = "run a grid of models x datasets x parameter values x seeds (each point a normal run; resumable; Ray optional)"
 
@@ -48,6 +48,7 @@ def add_arguments(p) -> None:
     p.add_argument("--param", help="one parameter to vary (with --values; same as --grid PARAM=VALUES)")
     p.add_argument("--values", help="A..B (integers) or comma-separated values, e.g. 1..8 or 1,2,4,8")
     add_dataset_arguments(p, default=None)
+    add_selection_argument(p)
     p.add_argument("--runs-dir", default="runs", help="where the point runs go (default: runs)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per point (default: 1)")
     p.add_argument("--epochs", type=int, help="epochs for every point (default: the model's own, capped on "
@@ -208,7 +209,7 @@ def point_args(args, point: Point) -> argparse.Namespace:
         valid_fraction=args.valid_fraction, protocol_param=args.protocol_param, runs_dir=args.runs_dir,
         seeds=args.seeds, seed_list=None, epochs=args.epochs, device=args.device, batch_size=None, set=sets,
         run_id=None, resume=None, checkpoint_every=args.checkpoint_every, deterministic=False,
-        no_progress=args.no_progress, profile=False)
+        no_progress=args.no_progress, profile=False, selection=args.selection)
 
 
 def _check_sets(args, models: list[str]) -> None:

@@ -102,6 +102,16 @@ class Split:
         """(prefixes as lists, targets as list), for tests and exports."""
         return [self.prefix(i).tolist() for i in range(len(self))], self.targets.tolist()
 
+    @classmethod
+    def concat(cls, first: "Split", second: "Split") -> "Split":
+        """`first`'s examples followed by `second`'s, over both splits' sessions."""
+        a, b = first.sessions, second.sessions
+        times = None if a.end_time is None or b.end_time is None else np.concatenate([a.end_time, b.end_time])
+        sessions = Sessions(np.concatenate([a.items, b.items]),
+                            np.concatenate([a.offsets, b.offsets[1:] + a.offsets[-1]]), times)
+        return cls(sessions, np.concatenate([first.ex_seq, second.ex_seq + len(a)]),
+                   np.concatenate([first.ex_len, second.ex_len]))
+
 
 def split_validation(train: Sessions, fraction: float) -> tuple[Sessions, Sessions]:
     """Hold out the latest `fraction` of training sessions (by end time; by stored order when there are
@@ -126,6 +136,11 @@ class SessionDataset:
     meta: dict = field(default_factory=dict)
 
     SPLITS = ("train", "valid", "test")
+
+    def train_and_valid(self) -> Split:
+        """All training data: the train split followed by the (later) validation split. What a model is
+        refit on after selection, and what the literature protocol trains on."""
+        return Split.concat(self.train, self.valid)
 
     def stats(self) -> dict:
         """Table 1 statistics. As in the paper, 'sessions' counts prefix examples (train + test; valid is

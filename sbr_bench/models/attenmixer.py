@@ -26,8 +26,12 @@ Registered names (ablations, paper Section 5.4 / Table 4; none exists in the off
 our readings of the paper's one-line definitions):
 - `attenmixer`     : full model.
 - `attenmixer-M`   : levels = 1, only the last-item (instance-view) query.
-- `attenmixer-IP`  : no inherent priority: level-l groups are the FIRST min(l, n) items of the session
-                     (`level_anchor="first"`) instead of the last ones, so no group is tied to the recent end.
+- `attenmixer-IP`  : no inherent priority, read as the paper defines it ("takes all the items of the same
+                     priority along the session"): the level-l group is the mean over ALL windows of l
+                     consecutive items along the session (`level_anchor="windows"`), so every window, not
+                     just the most recent one, counts the same. This is what Table 4 uses.
+- `attenmixer-IP-first`: the earlier reading: level-l groups are the FIRST min(l, n) items
+                     (`level_anchor="first"`), i.e. anchored at the other end instead of at no end.
 - `attenmixer-LI`  : no local invariance: level l = Linear(l·d -> d) of the concatenation of the last l
                      states, most recent first, missing slots of short sessions zero-filled
                      (`level_agg="concat"`; this is exactly what the official code does for the FULL model).
@@ -40,7 +44,7 @@ Config keys of the readout/scorer (all in `READOUT_DEFAULTS`; reference values i
   beyond, and mean prefix lengths are 3-4, so with L = 7 most levels > 4 repeat "all items".
 - `heads` H = 8, `lp_norm` p = 4, `sigma` σ = 12 [16 standalone, 12 in the "w/" variants].
 - `level_agg` in {"sum" (Eq. 6, default), "mean", "deepsets_mlp", "concat" [reference, and -LI]}.
-- `level_anchor` in {"last" (default), "first" (-IP)}.
+- `level_anchor` in {"last" (default), "windows" (-IP: every length-l window alike), "first"}.
 - `level_pool` in {"lp" (default), "max" (-LP), "mean"}.
 - `level_norm_axis` in {"none" (paper: queries are not normalised), "features" (each q_l unit norm),
   "levels" [reference: the stack [q_1..q_L] is L2-normalised over the level axis, per channel]}.
@@ -90,7 +94,7 @@ from .registry import ModelSpec
 from .scoring import normalised_scores
 
 LEVEL_AGGS = ("sum", "mean", "deepsets_mlp", "concat")
-LEVEL_ANCHORS = ("last", "first")
+LEVEL_ANCHORS = ("last", "windows", "first")
 LEVEL_POOLS = ("lp", "max", "mean")
 LEVEL_NORM_AXES = ("none", "features", "levels")
 ATTN_SCALES = ("d", "head", "none")
@@ -134,6 +138,9 @@ class AttenMixerReadout(Readout):
         _choice("freeze_readout_compat", freeze_readout_compat, FREEZE_MODES)
         if int(levels) < 1:
             raise UserError(f"--set levels={levels}: Atten-Mixer needs at least one level")
+        if level_anchor == "windows" and level_agg == "concat":
+            raise UserError("--set level_anchor=windows: a mean over windows needs an order-free level_agg "
+                            "(sum, mean or deepsets_mlp), not concat")
         if int(heads) < 1 or dim % int(heads):
             raise UserError(f"--set heads={heads}: the number of heads must divide dim={dim}")
         if lp_norm <= 0:
@@ -190,8 +197,28 @@ class AttenMixerReadout(Readout):
         idx = torch.where(valid, idx, enc.last[:, None])  # any in-session index; masked below
         return h[idx] * valid[..., None].to(h.dtype), valid
 
+    def window_groups(self, h: Tensor, enc: Encoded) -> Tensor:
+        """Level groups without inherent priority [B, L, d]: for level l, the mean over every window of
+        m = min(l, n) consecutive positions of the window's sum (a mean when level_agg="mean"). Position p
+        of a session of length n lies in min(p + 1, m, n - p, n - m + 1) of its n - m + 1 windows."""
+        if self.psi is not None:
+            h = F.relu(self.psi(h))
+        pos = torch.arange(h.shape[0], device=h.device) - (enc.last - enc.length + 1)[enc.pos_batch]
+        n = enc.length[enc.pos_batch][:, None]
+        m = torch.minimum(torch.arange(1, self.levels + 1, device=h.device)[None, :], n)  # [P, L]
+        count = torch.minimum(torch.minimum(pos[:, None] + 1, m), torch.minimum(n - pos[:, None], n - m + 1))
+        weight = count.to(h.dtype) / (n - m + 1).to(h.dtype)
+        if self.level_agg == "mean":
+            weight = weight / m.to(h.dtype)
+        groups = h.new_zeros(enc.num_sessions, self.levels, h.shape[1])
+        return groups.index_add_(0, enc.pos_batch, weight[:, :, None] * h[:, None, :])
+
     def level_queries(self, h: Tensor, enc: Encoded) -> Tensor:
         """Eq. 6 (or the configured variant): queries [B, L, d] from normalised states h [P, d]."""
+        if self.level_anchor == "windows":
+            groups = self.window_groups(h, enc)
+            q = torch.stack([lin(groups[:, l]) for l, lin in enumerate(self.level_q)], dim=1)
+            return self._normalise_levels(q)
         window, valid = self.level_window(h, enc)
         B = window.shape[0]
         if self.level_agg == "concat":
@@ -203,11 +230,13 @@ class AttenMixerReadout(Readout):
             if self.level_agg == "mean":
                 groups = groups / valid.cumsum(dim=1).clamp_min(1)[..., None].to(h.dtype)
             q = [lin(groups[:, l]) for l, lin in enumerate(self.level_q)]
-        q = torch.stack(q, dim=1)
+        return self._normalise_levels(torch.stack(q, dim=1))
+
+    def _normalise_levels(self, q: Tensor) -> Tensor:
         if self.level_norm_axis == "features":
-            q = F.normalize(q, dim=-1)
-        elif self.level_norm_axis == "levels":
-            q = F.normalize(q, dim=1)
+            return F.normalize(q, dim=-1)
+        if self.level_norm_axis == "levels":
+            return F.normalize(q, dim=1)
         return q
 
     # -- step 2: attention logits -------------------------------------------------------------
@@ -320,14 +349,19 @@ def _spec(doc: str, **overrides) -> ModelSpec:
         encoder=lambda n_items, cfg: EmbeddingEncoder(cfg["dim"], cfg["embedding_dropout"]),
         readout=build_readout, scorer=build_scorer, defaults={**DEFAULTS, **overrides},
         readout_params=READOUT_PARAMS, doc=doc,
+        # ENCODER+attenmixer: L2-normalise and drop out (0.1) item embeddings before the encoder, as the
+        # paper's Figure 4 and its GNN w/ Atten-Mixer code do; input_norm="none" is the earlier behaviour.
+        composed_input=dict(input_norm="l2", input_dropout=0.1),
     )
 
 
 SPECS = {
     "attenmixer": _spec("Atten-Mixer (WSDM'23): item embeddings + multi-level attention-mixture readout"),
     "attenmixer-M": _spec("Atten-Mixer-M ablation: one level (last-item query only)", levels=1),
-    "attenmixer-IP": _spec("Atten-Mixer-IP ablation: level groups are the first l items (no inherent priority)",
-                           level_anchor="first"),
+    "attenmixer-IP": _spec("Atten-Mixer-IP ablation: each level group is the mean over all windows of l "
+                           "consecutive items (every item of the same priority)", level_anchor="windows"),
+    "attenmixer-IP-first": _spec("Atten-Mixer-IP, earlier reading: level groups are the first l items",
+                                 level_anchor="first"),
     "attenmixer-LI": _spec("Atten-Mixer-LI ablation: concatenation + Linear(l·d->d) per level (no local invariance)",
                            level_agg="concat"),
     "attenmixer-LP": _spec("Atten-Mixer-LP ('w/o Mix') ablation: max pooling over levels instead of L_p",

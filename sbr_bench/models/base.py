@@ -93,6 +93,55 @@ class EmbeddingEncoder(Encoder):
         return Encoded(h, batch.alias_batch, batch.last, batch.length)
 
 
+class _TransformedEmbedding:
+    """An embedding table seen through `transform`: lookups and `.weight` both come out transformed."""
+
+    def __init__(self, embedding: nn.Embedding, transform):
+        self.embedding, self.transform = embedding, transform
+        self.embedding_dim = embedding.embedding_dim
+
+    def __call__(self, index: Tensor) -> Tensor:
+        return self.transform(self.embedding(index))
+
+    @property
+    def weight(self) -> Tensor:
+        return self.transform(self.embedding.weight)
+
+
+class NormalisedInput(Encoder):
+    """Normalise (L2 or LayerNorm) and drop out the item embeddings before `encoder` sees them: what the
+    Atten-Mixer paper's Figure 4 and its "GNN w/ Atten-Mixer" code do in front of any encoder (L2, dropout
+    0.1); its SGNN-HN w/ Atten-Mixer applies a LayerNorm instead."""
+
+    def __init__(self, encoder: Encoder, dim: int, norm: str = "l2", dropout: float = 0.0):
+        super().__init__()
+        if norm not in ("l2", "layernorm", "none"):
+            raise ValueError(f"input_norm must be l2, layernorm or none, not {norm!r}")
+        self.encoder, self.norm = encoder, norm
+        self.layernorm = nn.LayerNorm(dim) if norm == "layernorm" else None
+        self.dropout = nn.Dropout(dropout)
+        self.extra_graphs = tuple(encoder.extra_graphs)
+        if hasattr(encoder, "out_dim"):
+            self.out_dim = encoder.out_dim
+
+    def prepare(self, train) -> None:
+        if hasattr(self.encoder, "prepare"):
+            self.encoder.prepare(train)
+
+    def weight_groups(self) -> dict[str, list[str]]:
+        return {g: [f"encoder.{p}" for p in paths] for g, paths in self.encoder.weight_groups().items()}
+
+    def transform(self, x: Tensor) -> Tensor:
+        if self.norm == "l2":
+            x = F.normalize(x, dim=-1)
+        elif self.norm == "layernorm":
+            x = self.layernorm(x)
+        return self.dropout(x)
+
+    def forward(self, batch, embedding) -> Encoded:
+        return self.encoder(batch, _TransformedEmbedding(embedding, self.transform))
+
+
 class DotScorer(nn.Module):
     """scores = s · e_j (SR-GNN, GC-SAN, LESSR, NARM, DHCN)."""
 

@@ -38,6 +38,7 @@ MODEL_MODULES = [
 
 TABLE2_ORDER = ["pop", "spop", "sknn", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "dhcn", "attenmixer"]
 TABLE3 = ["srgnn", "srgnn+attenmixer", "sgnnhn", "sgnnhn+attenmixer"]  # the paper's Table 3
+TABLE3_DIM = 256  # the paper runs both sides of Table 3 (every model, in fact) at d = 256
 
 
 @dataclass
@@ -51,6 +52,9 @@ class ModelSpec:
     readout_params: tuple = ()  # cfg keys owned by the readout/scorer (carried over in compositions)
     init: Callable | None = None  # init(model, cfg); default: SBRModel.reset_parameters()
     doc: str = ""
+    # How a composition ENCODER+READOUT prepares item embeddings before the encoder (`input_norm`,
+    # `input_dropout`, see base.NormalisedInput): the readout's spec sets it, the encoder's may refine it.
+    composed_input: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -103,6 +107,8 @@ def spec_for(name: str):
         enc, ro = known[enc_name], known[ro_name]
         defaults = dict(enc.defaults)
         defaults.update({k: ro.defaults[k] for k in ro.readout_params if k in ro.defaults})
+        if ro.composed_input:
+            defaults.update(ro.composed_input, **enc.composed_input)
         return ModelSpec(enc.encoder, ro.readout, ro.scorer, defaults, ro.readout_params, enc.init,
                          doc=f"{enc_name} encoder with the {ro_name} readout")
     if name not in known:
@@ -131,13 +137,15 @@ def model_config(name: str, overrides: dict | None = None) -> dict:
 
 def build_model(name: str, n_items: int, overrides: dict | None = None):
     """Return (model, cfg). Neural models are `SBRModel`s; baselines have fit/score."""
-    from .base import SBRModel
+    from .base import NormalisedInput, SBRModel
 
     spec = spec_for(name)
     cfg = model_config(name, overrides)
     if isinstance(spec, BaselineSpec):
         return spec.build(n_items, cfg), cfg
     encoder, readout = spec.encoder(n_items, cfg), spec.readout(cfg)
+    if cfg.get("input_norm", "none") != "none" or cfg.get("input_dropout", 0.0) > 0:
+        encoder = NormalisedInput(encoder, cfg["dim"], cfg["input_norm"], float(cfg["input_dropout"]))
     # Encoders whose states are wider than `dim` (LESSR's dense concatenation) say so with `out_dim`.
     out_dim, in_dim = getattr(encoder, "out_dim", cfg["dim"]), getattr(readout, "in_dim", cfg["dim"])
     if out_dim != in_dim:

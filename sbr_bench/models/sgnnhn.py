@@ -186,5 +186,6 @@ SPECS = {
                       max_positions=200, scorer="layernorm", sigma=12.0),
         readout_params=("max_positions", "forward_positions_compat", "scorer", "sigma"),
         doc="SGNN-HN: star graph + highway network, star-aware soft attention, layer-normalised scores × τ",
+        composed_input=dict(input_norm="layernorm", input_dropout=0.0),  # SGNN-HN-AM's LayerNorm on embeddings
     ),
 }

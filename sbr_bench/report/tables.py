@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..models.registry import TABLE2_ORDER, TABLE3
-from ..runs import HEADLINE, format_cell
+from ..runs import HEADLINE, format_cell, headline_header
 from .records import latest_with
 
 TABLE3_ENCODERS = ("srgnn", "sgnnhn", "gcsan", "dhcn")  # LESSR's wide states do not compose
@@ -28,7 +28,8 @@ def table1(records) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _metric_rows(records, dataset, models, extra=None):
+def _metric_rows(records, dataset, models, extra=None, mode="valid"):
+    """Rows per model and metric; under `literature` the metric names say best-on-test."""
     rows = []
     for model in models:
         rec = latest_with(records, dataset, model)
@@ -36,16 +37,16 @@ def _metric_rows(records, dataset, models, extra=None):
             continue
         entry = rec.results["models"][model]
         best = rec.results.get("best", {})
-        for metric in HEADLINE:
+        for metric, shown in zip(HEADLINE, headline_header(mode)):
             stat = entry["test"].get(metric)
             if stat is None:
                 continue
             sig = entry.get("significance", {}).get(metric, {})
-            rows.append(dict(extra or {}, dataset=dataset, model=model, metric=metric, mean=stat["mean"],
+            rows.append(dict(extra or {}, dataset=dataset, model=model, metric=shown, mean=stat["mean"],
                              std=stat["std"], seeds=stat["n"], mark=sig.get("mark", ""),
                              best=best.get(metric, {}).get("model") == model,
                              best_significant=best.get(metric, {}).get("significant", False),
-                             run=rec.run_id))
+                             run=rec.run_id, dim=rec.config.get("cfg", {}).get(model, {}).get("dim")))
         timing = entry.get("timing", {})
         if "epoch_median_s" in timing:
             rows.append(dict(extra or {}, dataset=dataset, model=model, metric="s/epoch",
@@ -55,7 +56,7 @@ def _metric_rows(records, dataset, models, extra=None):
     return rows
 
 
-def table2(records) -> pd.DataFrame:
+def table2(records, mode="valid") -> pd.DataFrame:
     """Accuracy (HR@20, MRR@20: mean, std over seeds, significance mark vs the run's best) and median
     seconds per training epoch (std column = IQR), per dataset and model."""
     rows = []
@@ -63,36 +64,48 @@ def table2(records) -> pd.DataFrame:
         names = {m for r in records if r.dataset == ds and r.kind == "run" and not r.sweep for m in r.ok_models()}
         order = [m for m in TABLE2_ORDER if m in names] + sorted(
             m for m in names if m not in TABLE2_ORDER and "+" not in m and "-" not in m)
-        rows += _metric_rows(records, ds, order)
+        rows += _metric_rows(records, ds, order, mode=mode)
     return pd.DataFrame(rows)
 
 
-def table3(records) -> pd.DataFrame:
-    """Each encoder with its own readout vs with Atten-Mixer; improvement in % of the former."""
+def table3(records, mode="valid") -> pd.DataFrame:
+    """Each encoder with its own readout vs with Atten-Mixer; improvement in % of the former, and the
+    embedding size d of each side (the paper compares at equal d)."""
     rows = []
     for ds in datasets_of(records):
         for enc in TABLE3_ENCODERS:
             pair = {}
             for variant, name in (("original", enc), ("w/ Atten-Mixer", f"{enc}+attenmixer")):
-                for r in _metric_rows(records, ds, [name]):
-                    if r["metric"] in HEADLINE:
+                for r in _metric_rows(records, ds, [name], mode=mode):
+                    if r["metric"] != "s/epoch":
                         pair[(variant, r["metric"])] = r
-            for metric in HEADLINE:
+            for metric in headline_header(mode):
                 a, b = pair.get(("original", metric)), pair.get(("w/ Atten-Mixer", metric))
                 if a and b:
                     rows.append({"dataset": ds, "encoder": enc, "metric": metric, "original": a["mean"],
                                  "original_std": a["std"], "with_attenmixer": b["mean"],
                                  "with_attenmixer_std": b["std"],
                                  "improvement_pct": 100.0 * (b["mean"] - a["mean"]) / a["mean"] if a["mean"] else float("nan"),
+                                 "dim_original": a["dim"], "dim_with_attenmixer": b["dim"],
                                  "runs": ",".join(sorted({a["run"], b["run"]}))})
     return pd.DataFrame(rows)
 
 
-def table4(records) -> pd.DataFrame:
+def table3_dims(df: pd.DataFrame) -> str:
+    """'d = 256', or where the two sides differ, which d each had (the comparison is then not the paper's)."""
+    if df.empty:
+        return "no runs"
+    pairs = sorted({(a, b) for a, b in zip(df["dim_original"], df["dim_with_attenmixer"])}, key=str)
+    if all(a == b for a, b in pairs):
+        return "d = " + ", ".join(str(a) for a, _ in pairs)
+    return "UNEQUAL d: " + ", ".join(f"{a} without vs {b} with" for a, b in pairs)
+
+
+def table4(records, mode="valid") -> pd.DataFrame:
     """Atten-Mixer and its ablations (-M, -IP, -LI, -LP)."""
     rows = []
     for ds in datasets_of(records):
-        rows += [r for r in _metric_rows(records, ds, ABLATIONS) if r["metric"] in HEADLINE]
+        rows += [r for r in _metric_rows(records, ds, ABLATIONS, mode=mode) if r["metric"] != "s/epoch"]
     return pd.DataFrame(rows)
 
 
@@ -127,8 +140,9 @@ def table3_wide(df: pd.DataFrame) -> pd.DataFrame:
         return df
     f = df.assign(original=df["original"].map("{:.2f}".format),
                   with_attenmixer=df["with_attenmixer"].map("{:.2f}".format),
-                  improvement=df["improvement_pct"].map("{:+.2f}%".format))
-    return f[["dataset", "encoder", "metric", "original", "with_attenmixer", "improvement"]]
+                  improvement=df["improvement_pct"].map("{:+.2f}%".format),
+                  d=[str(a) if a == b else f"{a} vs {b}" for a, b in zip(df["dim_original"], df["dim_with_attenmixer"])])
+    return f[["dataset", "encoder", "d", "metric", "original", "with_attenmixer", "improvement"]]
 
 
 def to_markdown(df: pd.DataFrame) -> str:

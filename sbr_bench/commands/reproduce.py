@@ -1,0 +1,120 @@
+"""`sbr-bench reproduce`: run models in a paper's setting and put our numbers next to the published ones.
+
+Two runs are made (or resumed) under `--runs-dir`: `<prefix>-valid` selects each model's number of epochs
+on validation MRR@20, `<prefix>-literature` trains on train + validation and evaluates the test split after
+every epoch. `sbr_bench.report.published` turns them into our literature, refit and valid columns beside
+the published numbers, written to `<prefix>.md` and `<prefix>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+
+HELP = "run models in a paper's setting and print ours next to its published numbers (literature and refit)"
+ANCHORS = ("pop", "spop", "sknn")
+SHARED = Path("..") / "shared" / "datasets"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--paper", required=True, help="whose numbers: a file in sbr_bench/references/ "
+                   "(attenmixer, srgnn, dhcn, sgnnhn)")
+    p.add_argument("--dataset", required=True, help="the paper's dataset name, e.g. gowalla, diginetica, yoochoose1_64")
+    p.add_argument("--data", help="where that split is: a preprocessed folder or a dataset name sbr-bench knows "
+                   f"(default: the folder of {SHARED} the reference file names)")
+    p.add_argument("--models", help="comma-separated (default: every model of ours with a published number on "
+                   "the dataset, plus pop, spop, sknn)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default: 1)")
+    p.add_argument("--epochs", type=int, help="epochs for every model (default: the model's own)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as in `run`, after the "
+                   "paper's setting")
+    p.add_argument("--runs-dir", default="runs", help="where the two runs go (default: runs)")
+    p.add_argument("--data-dir", default="datasets", help="processed dataset cache (default: datasets)")
+    p.add_argument("--prefix", help="run id prefix (default: reproduce-PAPER-DATASET)")
+    p.add_argument("--device", help="auto | cpu | cuda[:k]")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def plan(args, ref) -> tuple[list[str], str, dict]:
+    """(models, data location, dataset entry of the reference file)."""
+    from ..models.registry import TABLE2_ORDER, resolve_names, specs
+
+    published = ref.numbers(args.dataset)
+    entry = ref.datasets.get(args.dataset, {})
+    if not published:
+        known = sorted({r["dataset"] for r in ref.results})
+        raise UserError(f"--dataset {args.dataset}: {args.paper} publishes no numbers for it; it has: {', '.join(known)}")
+    if args.models:
+        models = resolve_names(args.models)
+    else:
+        ours = specs()
+        order = TABLE2_ORDER + sorted(published)
+        models = list(dict.fromkeys([*ANCHORS, *(m for m in order if m in published and m in ours)]))
+    data = args.data
+    if data is None:
+        shared = SHARED / entry["shared"] if entry.get("shared") else None
+        if shared is None or not shared.exists():
+            raise UserError(f"--data: give the {args.dataset} split ({entry.get('protocol', 'the paper')} protocol)"
+                            + (f"; {shared} does not exist" if shared is not None else ""))
+        data = str(shared)
+    return models, data, entry
+
+
+def run_argv(args, ref, models, data, selection: str, run_id: str) -> list[str]:
+    """The `sbr-bench run` arguments of one of the two runs (a resume if the folder exists)."""
+    common = ["--runs-dir", args.runs_dir, "--data-dir", args.data_dir]
+    common += [f"--{flag}={value}" for flag, value in (("device", args.device), ("threads", args.threads))
+               if value is not None]
+    common += ["--no-progress"] if args.no_progress else []
+    if (Path(args.runs_dir) / run_id / "config.json").exists():
+        return ["--resume", run_id] + common
+    from ..models.registry import model_config
+
+    setting = dict(ref.setting)
+    argv = ["--models", ",".join(models), "--dataset", data, "--selection", selection, "--run-id", run_id,
+            "--seeds", str(args.seeds)] + common
+    if "valid_fraction" in setting:
+        argv += ["--valid-fraction", str(setting.pop("valid_fraction"))]
+    if "batch_size" in setting:
+        argv += ["--batch-size", str(setting.pop("batch_size"))]
+    if args.epochs is not None:
+        argv += ["--epochs", str(args.epochs)]
+    trainable = [m for m in models if "patience" in model_config(m)]
+    for key, value in setting.items():
+        if any(key in model_config(m) for m in models):
+            argv += ["--set", f"{key}={value}"]
+    if selection == "literature" and trainable:
+        argv += ["--set", "patience=0"]  # the whole trajectory: every epoch the valid run may choose is in it
+    for item in args.set:
+        argv += ["--set", item]
+    return argv
+
+
+def main(args) -> int:
+    from ..references import load_reference
+    from . import run
+
+    from ..report.published import comparison, comparison_markdown
+
+    ref = load_reference(args.paper)
+    models, data, entry = plan(args, ref)
+    prefix = args.prefix or f"reproduce-{args.paper}-{args.dataset}"
+    for selection in ("valid", "literature"):
+        parser = argparse.ArgumentParser(prog=f"sbr-bench reproduce ({selection} run)")
+        run.add_arguments(parser)
+        run_args = parser.parse_args(run_argv(args, ref, models, data, selection, f"{prefix}-{selection}"))
+        print(f"== {selection} run: sbr-bench run {' '.join(run_argv(args, ref, models, data, selection, f'{prefix}-{selection}'))}",
+              flush=True)
+        run.main(run_args)
+    table = comparison(ref, args.dataset, Path(args.runs_dir) / f"{prefix}-valid", Path(args.runs_dir) / f"{prefix}-literature")
+    text = comparison_markdown(table, ref, args.dataset, entry)
+    from ..io import write_json, write_text
+
+    write_text(Path(args.runs_dir) / f"{prefix}.md", text)
+    write_json(Path(args.runs_dir) / f"{prefix}.json", table)
+    print()
+    print(text)
+    return 0
