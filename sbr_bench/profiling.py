@@ -200,7 +200,7 @@ def profile_model(name: str, cfg: dict, dataset, device, seed: int = 0, determin
             if handle is not None:
                 handle.remove()
     row.update(base_rss_mb=base_mb, peak_mb=peak_rss_mb())
-    if out.get("status") != "profiled":  # a baseline: fitted, not trained
+    if out.get("status") != "selected":  # a baseline: fitted, not trained
         return dict(row, status="fitted", fit_s=out["timing"]["fit_s"], eval_s=out["timing"]["eval_median_s"])
     r = out["history"][0]
     t = r["time"]

@@ -1,7 +1,10 @@
-"""The training loop: per-phase timing, validation-only model selection, early stopping, checkpoints.
+"""The training loop: per-phase timing, model selection, early stopping, checkpoints.
 
-- Model selection and early stopping use validation MRR@20 only; the test split is evaluated exactly once,
-  with the best-validation weights, after training (HR and MRR come from that one best epoch).
+- Selection modes (`runs.SELECTIONS`): `valid` and `refit` choose the epoch and stop early on validation
+  MRR@20 only and evaluate the test split exactly once (HR and MRR from one epoch): `valid` with the
+  best-validation weights, `refit` with a fresh model trained on train + validation for the chosen
+  number of epochs. `literature` trains on train + validation and evaluates the test split every epoch,
+  keeping each metric's best (the reference code's protocol; test-selected).
 - The learning-rate schedule (StepLR(lr_step, lr_decay)) steps at the END of each epoch, as the papers
   describe; `scheduler_at_start_compat=True` in the cfg steps it at the start instead, like SR-GNN's code
   (so its first decay comes one epoch early).
@@ -10,8 +13,9 @@
   batch with the same data order (`ExampleLoader.batches(epoch, start_batch)`) and the same RNG states:
   on CPU the resumed run gives exactly the numbers of an uninterrupted one.
 - Phases are timed separately per epoch: data (collate + copy to device), forward (loss), backward (+
-  optimizer step) and eval (validation pass), with `torch.cuda.synchronize()` around them on CUDA.
-- Baselines (`trainable = False`) are fitted once (`fit(train)`) and evaluated on valid and test.
+  optimizer step) and eval (the watched split's pass), with `torch.cuda.synchronize()` around them on CUDA.
+- Baselines (`trainable = False`) are fitted on train and evaluated on valid; for the test they are
+  fitted on train (`valid`) or on train + validation (`refit`, `literature`).
 - Under torchrun (`sbr_bench.distributed`) the model is wrapped in DistributedDataParallel: each rank
   trains on its share of every global batch with its mean loss weighted by its share, so the update is
   that of single-process training; evaluation is sharded over ranks and the per-example ranks gathered,

@@ -135,7 +135,8 @@ def test_torchrun_two_processes_match_single_process_training(tmp_path, single):
     assert read_json(root / "env.json")["distributed"] == {"world_size": 2, "backend": "gloo"}
     for model in MODELS:
         unit = root / model / "seed0"
-        assert sorted(p.name for p in unit.iterdir()) == ["checkpoint.pt", "epochs.jsonl", "ranks.npz", "summary.json"]
+        assert sorted(p.name for p in unit.iterdir()) == ["checkpoint.pt", "epochs.jsonl", "ranks.npz", "refit",
+                                                          "summary.json"]
         summary = assert_same_training(single / model / "seed0", unit)
         assert summary["timing"]["world_size"] == 2 and summary["timing"]["backend"] == "gloo"
     assert out.stdout.count("test HR@20") == len(MODELS)  # rank 0 prints, the other rank is quiet

@@ -113,14 +113,14 @@ def test_adamw_is_selected(tiny, tmp_path, monkeypatch):
     used = []
     real = torch.optim.AdamW
 
-    def spy(*a, **k):
-        used.append(k)
-        return real(*a, **k)
+    def spy(groups, **k):
+        used.append(groups)
+        return real(groups, **k)
 
     monkeypatch.setattr(torch.optim, "AdamW", spy)
     train_model(mean_model(tiny.n_items), tiny, dict(CFG, epochs=1, optimizer="adamw", l2=0.05),
                 Run(tmp_path / "w", "mean", 0), progress=False)
-    assert used and used[0]["weight_decay"] == 0.05
+    assert used and [g["weight_decay"] for g in used[0]] == [0.05]
 
 
 class NanModel(SBRModel):

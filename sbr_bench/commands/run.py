@@ -144,7 +144,7 @@ def model_configs(models: list[str], args, dataset_name: str) -> dict:
     from ..models.registry import TABLE3_DIM, model_config
 
     global_sets, scoped = parse_sets(args.set, models)
-    if "table3" in [p.strip() for p in (args.models or "").split(",")]:
+    if "table3" in [p.strip() for p in (getattr(args, "models", None) or "").split(",")]:
         global_sets.setdefault("dim", TABLE3_DIM)  # both sides of Table 3 at the paper's d
     if args.epochs is not None:
         global_sets["epochs"] = args.epochs
