@@ -248,7 +248,8 @@ def collect_results(run: RunDir) -> dict:
                                                if s.get("test_tie_rate") is not None]).get("tie_rate"),
         }
         models[name] = entry
-        if len(ranks) == len(ok) and ok:
+        # The oracle is the ceiling, not a competitor: significance marks compare the models among themselves.
+        if len(ranks) == len(ok) and ok and name != ORACLE:
             for metric in per_example:
                 per_example[metric][name] = significance.per_example(metric, ranks)
     tests = {metric: significance.compare_to_best(values) for metric, values in per_example.items()}
@@ -300,13 +301,24 @@ def _time_cell(timing: dict) -> str:
     return f"{timing['epoch_median_s']:.2f}"
 
 
+def oracle_scores(results: dict) -> dict | None:
+    """The oracle's mean test HR@20 and MRR@20 when the run has a finished `oracle` (synthetic data)."""
+    m = results["models"].get(ORACLE)
+    if not m or m["status"] == "failed":
+        return None
+    means = {metric: m["test"].get(metric, {}).get("mean") for metric in HEADLINE}
+    return means if all(v for v in means.values()) else None
+
+
 def table_rows(results: dict, markdown: bool = True) -> list[list[str]]:
-    """The headline table: model, HR@20, MRR@20 (mean ± std, marks), time per epoch and its phases."""
-    rows = []
+    """The headline table: model, HR@20, MRR@20 (mean ± std, marks), with an oracle their fractions of
+    the oracle's, time per epoch and its phases."""
+    rows, ceiling = [], oracle_scores(results)
+    width = len(table_header(results))
     for name, m in results["models"].items():
         if m["status"] == "failed":
             reason = next(iter(m["failed"].values()), "failed")
-            rows.append([name, "failed", reason[:60]] + [""] * (len(TABLE_HEADER) - 3))
+            rows.append([name, "failed", reason[:60]] + [""] * (width - 3))
             continue
         cells = [name]
         for metric in HEADLINE:
@@ -314,6 +326,10 @@ def table_rows(results: dict, markdown: bool = True) -> list[list[str]]:
             best = results["best"].get(metric, {})
             bold = best.get("model") == name and best.get("significant", False)
             cells.append(_cell(m["test"].get(metric), sig.get("mark", ""), bold, markdown))
+        if ceiling:
+            for metric in HEADLINE:
+                stat = m["test"].get(metric)
+                cells.append(f"{100 * stat['mean'] / ceiling[metric]:.0f}%" if stat else "–")
         t = m["timing"]
         cells.append(_time_cell(t))
         for key in ("data_median_s", "forward_median_s", "backward_median_s", "eval_median_s"):
@@ -327,8 +343,12 @@ def table_rows(results: dict, markdown: bool = True) -> list[list[str]]:
 TABLE_HEADER = ["model", "HR@20", "MRR@20", "s/epoch", "data", "forward", "backward", "eval", "ex/s", "seeds"]
 
 
+ORACLE = "oracle"  # sbr_bench.models.oracle: the synthetic data's attainable ceiling
+
+
 def table_header(results: dict) -> list[str]:
-    return TABLE_HEADER[:1] + headline_header(results["selection"]) + TABLE_HEADER[3:]
+    fractions = [f"{m} of oracle" for m in HEADLINE] if oracle_scores(results) else []
+    return TABLE_HEADER[:1] + headline_header(results["selection"]) + fractions + TABLE_HEADER[3:]
 
 
 def format_table(header, rows, markdown: bool) -> str:
@@ -358,9 +378,11 @@ def results_markdown(results: dict) -> str:
         "",
         f"Test split, ×100, mean ± std over seeds {results['seeds']}. {selection_caption(results['selection'])} "
         "Time per epoch: median seconds of training (data + forward + backward) over epochs after the "
-        "first; phases are medians; eval is the validation pass. Marks: \\*\\* p < 0.01, \\* p < 0.05 "
+        "first; phases are medians; eval is the pass over the watched split (validation; the test under literature). Marks: \\*\\* p < 0.01, \\* p < 0.05 "
         "(Holm-corrected paired t-test on per-example values, averaged over seeds, against the best model); "
-        "the best is bold only when significantly better (p < 0.01) than every other model.",
+        "the best is bold only when significantly better (p < 0.01) than every other model."
+        + (" 'of oracle': the model's mean divided by the oracle's, the Bayes-optimal ranking under the synthetic "
+           "generator (the attainable ceiling; not part of the significance tests)." if oracle_scores(results) else ""),
         "",
         format_table(table_header(results), table_rows(results, markdown=True), markdown=True),
         "",

@@ -192,19 +192,20 @@ def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0
         if rebuild is None:
             raise ValueError("selection 'refit' needs `rebuild`, a callable that builds a fresh model")
         chosen = _Trainer(model, dataset.train, cfg, watch="valid", **common).fit(max_epochs, evaluate_test=False)
+        model.zero_grad(set_to_none=True)
+        model.to("cpu")  # the selection model is done: free the device for the refit
+        del model
         fresh = rebuild()
         seed_everything(seed, deterministic)  # as before the selection run: the same seeds, the same order
         epochs = chosen["best_epoch"] + 1
         common["run"] = Run(run.path / "refit", run.model, run.seed)
-        final = _Trainer(fresh, dataset.train_and_valid(), dict(cfg, epochs=epochs, patience=0), watch=None,
-                         **common).fit(None, evaluate_test=True, record=run)
-        final.update(best_epoch=chosen["best_epoch"], valid=chosen["best_valid"], refit_epochs=epochs,
-                     selection_epochs_trained=len(chosen["history"]),
-                     stopped_early=chosen["stopped_early"], max_epochs=chosen["max_epochs"])
-        final["timing"]["eval_median_s"] = chosen["timing"].get("eval_median_s")  # the refit evaluates nothing
-        if distributed.is_main():
-            run.write_summary(final)
-        return final
+        selected = dict(best_epoch=chosen["best_epoch"], valid=chosen["best_valid"], refit_epochs=epochs,
+                        selection_epochs_trained=len(chosen["history"]), stopped_early=chosen["stopped_early"],
+                        max_epochs=chosen["max_epochs"], patience=int(cfg.get("patience") or 0),
+                        selection_timing=chosen["timing"])
+        # The summary is written once, complete: a kill before that leaves the unit unfinished.
+        return _Trainer(fresh, dataset.train_and_valid(), dict(cfg, epochs=epochs, patience=0), watch=None,
+                        **common).fit(None, evaluate_test=True, record=run, extra=selected)
     except RuntimeError as e:  # torch's OutOfMemoryError is a RuntimeError too
         if "out of memory" in str(e).lower():
             raise TrainingFailed(f"out of memory: {str(e).splitlines()[0][:200]}") from e
@@ -368,9 +369,10 @@ class _Trainer:
         return True
 
     # --- loop --------------------------------------------------------------------------------------
-    def fit(self, max_epochs: int | None, evaluate_test: bool, record: Run | None = None) -> dict:
-        """Train to the end (resuming from the checkpoint), then test; the summary, ranks and final
-        weights go to `record` (default: this trainer's run)."""
+    def fit(self, max_epochs: int | None, evaluate_test: bool, record: Run | None = None,
+            extra: dict | None = None) -> dict:
+        """Train to the end (resuming from the checkpoint), then test; the summary (updated with `extra`),
+        ranks and final weights go to `record` (default: this trainer's run)."""
         resumed = self.restore()
         epochs = int(self.cfg["epochs"] if max_epochs is None else max_epochs)
         patience = int(self.cfg.get("patience") or 0) if self.watch else 0
@@ -386,7 +388,7 @@ class _Trainer:
             return {"status": "selected", "history": st["history"], "best_epoch": st["best_epoch"],
                     "best_valid": st["best_valid"], "stopped_early": len(st["history"]) < epochs,
                     "max_epochs": epochs, "timing": timing_summary(st["history"])}
-        return self.finish(epochs, patience, record or self.run)
+        return self.finish(epochs, patience, record or self.run, extra or {})
 
     def train_epoch(self, mid_epoch_resume: bool) -> dict:
         from tqdm.auto import tqdm
@@ -483,7 +485,11 @@ class _Trainer:
         distributed.sync_buffers(self.model)  # one model for evaluation (BatchNorm statistics of rank 0)
         row["host_peak_rss_mb"] = peak_rss_mb()
         row["time"]["eval"] = 0.0
-        if self.watch is not None:
+        if self.watch == "test":  # the trajectory must not depend on the test passes (refit = this at e*)
+            rng = _rng_state()
+            self.evaluate_epoch(row)
+            _set_rng_state(rng)
+        elif self.watch is not None:
             self.evaluate_epoch(row)
         row["best_epoch_so_far"] = st["best_epoch"]
         st["history"].append(row)
@@ -534,7 +540,7 @@ class _Trainer:
             st["best_test_result"] = {k: getattr(result, k) for k in (
                 "metrics", "ranks", "ranks_optimistic", "ranks_pessimistic", "tie_rate", "nonfinite", "seconds")}
 
-    def finish(self, epochs: int, patience: int, record: Run) -> dict:
+    def finish(self, epochs: int, patience: int, record: Run, extra: dict) -> dict:
         st = self.state
         if self.watch == "test":  # the test split was evaluated every epoch: nothing left to evaluate
             test = SimpleNamespace(**st["best_test_result"])
@@ -555,14 +561,20 @@ class _Trainer:
             **_result_fields("test", test), "test_by_length": _length_buckets(test, self.dataset.test),
             "audit": _audit(self.model, self.dataset, self.device),
         }
-        if self.watch == "test":
-            summary.update(test_best_epoch=st["best_test_epoch"], test_selected=True)
+        if self.watch == "test":  # ranks, ties and length buckets are those of the best MRR@20 epoch
+            summary.update(test_best_epoch=st["best_test_epoch"], test_selected=True, ranks_epoch=st["best_epoch"])
+        summary.update(extra)
+        from .intent import intent_recovery  # synthetic data and attention readouts only (else None)
+
+        if self.main and (recovery := intent_recovery(self.model, self.dataset, self.device)) is not None:
+            summary["intent_recovery"] = recovery
         if not self.main:
             return summary
         record.write_ranks(test, self.dataset.test.ex_len)
         record.write_summary(summary)
-        # Keep only the tested weights: enough for later analysis, a fraction of the full state.
+        # Keep only the final weights (the tested ones, except under literature: the last epoch's).
         record.save_checkpoint({"model": copy.deepcopy(self.model.state_dict()), "best_epoch": summary["best_epoch"],
+                                "weights_epoch": summary["best_epoch"] if self.watch != "test" else len(st["history"]) - 1,
                                 "cfg": self.cfg, "seed": self.seed, "finished": True})
         if record.path != self.run.path:  # the refit's full state is no longer needed (its epochs.jsonl stays)
             self.run.checkpoint_path.unlink(missing_ok=True)

@@ -88,3 +88,25 @@ def test_sparsevd_variational_parameters_get_no_weight_decay():
     optimizer, _ = make_optimizer(compat, dict(cfg, l2=1e-4))
     assert {g["weight_decay"] for g in optimizer.param_groups} == {1e-4}
 
+
+
+def test_a_composed_dhcn_sees_new_weights_after_a_reload(tiny):
+    """DHCN caches its convolved table in evaluation; through NormalisedInput the cache must still follow
+    the raw weights (the trainer reloads the best epoch's weights right before the test pass)."""
+    import numpy as np
+
+    from sbr_bench.data.graphs import collate_examples
+    from sbr_bench.train import seed_everything
+
+    seed_everything(0)
+    model, _ = build_model("dhcn+attenmixer", tiny.n_items, {"dim": 16, "heads": 2})
+    seed_everything(1)
+    other, _ = build_model("dhcn+attenmixer", tiny.n_items, {"dim": 16, "heads": 2})
+    for m in (model, other):
+        m.prepare(tiny.train)
+        m.eval()
+    batch = collate_examples(tiny.valid, np.arange(8), tiny.n_items, extra=model.extra_graphs)
+    with torch.no_grad():
+        model(batch)  # fills the cache
+        model.load_state_dict(other.state_dict())
+        assert torch.allclose(model(batch), other(batch), atol=1e-6)

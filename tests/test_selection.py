@@ -125,3 +125,11 @@ def test_refit_resumes_in_its_second_phase(tiny, tmp_path):
     assert run.read_epochs() == selection_epochs  # phase 1 was restored, not retrained
     assert resumed["test"] == straight["test"]
     assert np.array_equal(run.read_ranks()["expected"], Run(tmp_path / "a").read_ranks()["expected"])
+
+
+def test_a_sweep_is_not_continued_under_another_selection(tmp_path):
+    common = ["sweep", "--model", "sknn", "--param", "k", "--values", "5", "--dataset", "synthetic:micro",
+              "--runs-dir", str(tmp_path / "runs"), "--no-progress", "--sweep-id", "s"]
+    assert cli.main(common + ["--selection", "valid"]) == 0
+    assert cli.main(common + ["--selection", "literature"]) == 2
+    assert cli.main(common) == 0  # without --selection: the recorded one

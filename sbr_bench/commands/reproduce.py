@@ -15,7 +15,7 @@ from ..errors import UserError
 
 HELP = "run models in a paper's setting and print ours next to its published numbers (literature and refit)"
 ANCHORS = ("pop", "spop", "sknn")
-SHARED = Path("..") / "shared" / "datasets"
+SHARED = Path("..") / "shared" / "datasets"  # beside the working directory, as in a clone of this project
 
 
 def add_arguments(p) -> None:
@@ -70,6 +70,7 @@ def run_argv(args, ref, models, data, selection: str, run_id: str) -> list[str]:
                if value is not None]
     common += ["--no-progress"] if args.no_progress else []
     if (Path(args.runs_dir) / run_id / "config.json").exists():
+        _check_same(args, models, Path(args.runs_dir) / run_id)
         return ["--resume", run_id] + common
     from ..models.registry import model_config
 
@@ -86,11 +87,21 @@ def run_argv(args, ref, models, data, selection: str, run_id: str) -> list[str]:
     for key, value in setting.items():
         if any(key in model_config(m) for m in models):
             argv += ["--set", f"{key}={value}"]
-    if selection == "literature" and trainable:
-        argv += ["--set", "patience=0"]  # the whole trajectory: every epoch the valid run may choose is in it
     for item in args.set:
         argv += ["--set", item]
+    if selection == "literature" and trainable:  # last, so it wins: the whole trajectory, every epoch the
+        argv += ["--set", "patience=0"]          # valid run may choose is in it
     return argv
+
+
+def _check_same(args, models, run_path) -> None:
+    """A recorded run is resumed only for the same models and seeds (else a table would mix settings)."""
+    from ..io import read_json
+
+    config = read_json(run_path / "config.json")
+    if config["models"] != models or config["seeds"] != list(range(args.seeds)):
+        raise UserError(f"{run_path} was made for models {','.join(config['models'])} and seeds {config['seeds']}; "
+                        "use the same --models/--seeds to resume it, or another --prefix")
 
 
 def main(args) -> int:
@@ -105,10 +116,10 @@ def main(args) -> int:
     for selection in ("valid", "literature"):
         parser = argparse.ArgumentParser(prog=f"sbr-bench reproduce ({selection} run)")
         run.add_arguments(parser)
-        run_args = parser.parse_args(run_argv(args, ref, models, data, selection, f"{prefix}-{selection}"))
-        print(f"== {selection} run: sbr-bench run {' '.join(run_argv(args, ref, models, data, selection, f'{prefix}-{selection}'))}",
-              flush=True)
-        run.main(run_args)
+        argv = run_argv(args, ref, models, data, selection, f"{prefix}-{selection}")
+        print(f"== {selection} run: sbr-bench run {' '.join(argv)}", flush=True)
+        if run.main(parser.parse_args(argv)) != 0:
+            raise UserError(f"the {selection} run {prefix}-{selection} trained no model; see its results.md")
     table = comparison(ref, args.dataset, Path(args.runs_dir) / f"{prefix}-valid", Path(args.runs_dir) / f"{prefix}-literature")
     text = comparison_markdown(table, ref, args.dataset, entry)
     from ..io import write_json, write_text

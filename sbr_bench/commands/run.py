@@ -208,14 +208,18 @@ def check_models_build(configs: dict, dataset) -> None:
 
 
 def new_config(args, dataset) -> dict:
+    from ..data.synthetic import is_synthetic
+    from ..models.oracle import oracle_available
     from ..models.registry import resolve_names
     from ..runs import dataset_fingerprint
 
-    models = resolve_names(args.models or "all")
+    models = resolve_names(args.models or "all", synthetic=oracle_available(dataset))
     if not models:
 
         raise UserError(f"--models {args.models or 'all'}: no models available")
     configs = model_configs(models, args, dataset.name)
+    if "oracle" in configs and is_synthetic(dataset):  # the oracle rebuilds this dataset's generator
+        configs["oracle"].update(synthetic_size=dataset.meta["size"], synthetic_seed=int(dataset.meta["seed"]))
     check_models_build(configs, dataset)
     return {
         "command": " ".join(shlex.quote(a) for a in ["sbr-bench"] + sys.argv[1:]),
@@ -291,8 +295,8 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         print(f"[{name} seed {seed}] FAILED: {reason} (traceback in {unit.path / 'error.txt'})", file=sys.stderr)
         return unit.fail(reason)
-    test = summary["test"]
-    print(f"[{name} seed {seed}] test HR@20 {test.get('HR@20', float('nan')):.2f}  "
+    test, tag = summary["test"], " best-on-test" if summary.get("test_selected") else ""
+    print(f"[{name} seed {seed}] test{tag} HR@20 {test.get('HR@20', float('nan')):.2f}  "
           f"MRR@20 {test.get('MRR@20', float('nan')):.2f}  (best epoch {summary.get('best_epoch')})", flush=True)
     return summary
 

@@ -230,7 +230,7 @@ def prepare(args, points: list[Point], sweep_id: str) -> list[tuple[Point, objec
     was started with the same settings; (point, RunDir, config) each."""
     from ..engines import cached_dataset
     from ..env import environment
-    from ..runs import RunDir
+    from ..runs import RunDir, selection_of
     from .run import dataset_spec, new_config
 
     prepared = []
@@ -248,9 +248,10 @@ def prepare(args, points: list[Point], sweep_id: str) -> list[tuple[Point, objec
             run_dir = RunDir(path)
             recorded = run_dir.config()
             if any(recorded.get(k) != config[k] for k in ("cfg", "seeds", "deterministic")) or \
-                    recorded["dataset"]["fingerprint"] != config["dataset"]["fingerprint"]:
+                    recorded["dataset"]["fingerprint"] != config["dataset"]["fingerprint"] or \
+                    (args.selection is not None and selection_of(recorded) != args.selection):
                 raise UserError(f"sweep point {run_dir.path} was started with other settings (model config, "
-                                "seeds or dataset); use another --sweep-id or the original options")
+                                "seeds, dataset or selection); use another --sweep-id or the original options")
             config = recorded
             print(f"point {label}: continuing {run_dir.path}")
         prepared.append((point, run_dir, config))
@@ -277,7 +278,7 @@ def check_engine_args(args) -> None:
 
 def main(args) -> int:
     from ..engines import Unit, import_ray, run_local, run_ray
-    from ..runs import format_table
+    from ..runs import format_table, headline_header, selection_caption, selection_of
     from ..train import resolve_device
 
     check_engine_args(args)
@@ -326,8 +327,9 @@ def main(args) -> int:
     models = {p.model for p in points}
     datasets = {p.dataset for p in points}
     keys = list(points[0].params)
+    mode = selection_of(prepared[0][2])
     header = (["model"] if len(models) > 1 else []) + (["dataset"] if len(datasets) > 1 else []) + keys + \
-        ["HR@20", "MRR@20", "seeds ok"]
+        headline_header(mode) + ["seeds ok"]
     rows, any_ok = [], False
     fmt = lambda stat: "failed" if not stat else f"{stat['mean']:.2f}"  # noqa: E731
     for point, run_dir, config in prepared:
@@ -338,7 +340,7 @@ def main(args) -> int:
                     [fmt(entry["test"].get("HR@20")), fmt(entry["test"].get("MRR@20")),
                      f"{len(entry['seeds_ok'])}/{len(config['seeds'])}"])
     what = ", ".join(sorted(models)) + " on " + ", ".join(sorted(datasets))
-    print(f"\nsweep {sweep_id}: {what} (test, mean over seeds):")
+    print(f"\nsweep {sweep_id}: {what} (test, mean over seeds). {selection_caption(mode)}")
     print(format_table(header, rows, markdown=False))
     print(f"\nrecords: {Path(args.runs_dir) / sweep_id}*  (one run folder per point)")
     return 0 if any_ok else 1

@@ -94,18 +94,18 @@ class EmbeddingEncoder(Encoder):
 
 
 class _TransformedEmbedding:
-    """An embedding table seen through `transform`: lookups and `.weight` both come out transformed."""
+    """An embedding table seen through a `NormalisedInput`: lookups and `.weight` come out transformed."""
 
-    def __init__(self, embedding: nn.Embedding, transform):
-        self.embedding, self.transform = embedding, transform
+    def __init__(self, embedding: nn.Embedding, owner: "NormalisedInput"):
+        self.embedding, self.owner = embedding, owner
         self.embedding_dim = embedding.embedding_dim
 
     def __call__(self, index: Tensor) -> Tensor:
-        return self.transform(self.embedding(index))
+        return self.owner.transform(self.embedding(index))
 
     @property
     def weight(self) -> Tensor:
-        return self.transform(self.embedding.weight)
+        return self.owner.table(self.embedding)
 
 
 class NormalisedInput(Encoder):
@@ -121,6 +121,7 @@ class NormalisedInput(Encoder):
         self.layernorm = nn.LayerNorm(dim) if norm == "layernorm" else None
         self.dropout = nn.Dropout(dropout)
         self.extra_graphs = tuple(encoder.extra_graphs)
+        self._table = None
         if hasattr(encoder, "out_dim"):
             self.out_dim = encoder.out_dim
 
@@ -131,6 +132,19 @@ class NormalisedInput(Encoder):
     def weight_groups(self) -> dict[str, list[str]]:
         return {g: [f"encoder.{p}" for p in paths] for g, paths in self.encoder.weight_groups().items()}
 
+    def table(self, embedding: nn.Embedding) -> Tensor:
+        """The whole transformed table. In evaluation it is one tensor per state of the raw table (keyed
+        on its storage and version), so encoders that cache work on the table (DHCN) see it change
+        exactly when the weights do."""
+        raw = embedding.weight
+        if self.training or torch.is_grad_enabled():
+            self._table = None
+            return self.transform(raw)
+        key = (raw.data_ptr(), raw._version)
+        if getattr(self, "_table", None) is None or self._table[0] != key:
+            self._table = (key, self.transform(raw))
+        return self._table[1]
+
     def transform(self, x: Tensor) -> Tensor:
         if self.norm == "l2":
             x = F.normalize(x, dim=-1)
@@ -139,7 +153,7 @@ class NormalisedInput(Encoder):
         return self.dropout(x)
 
     def forward(self, batch, embedding) -> Encoded:
-        return self.encoder(batch, _TransformedEmbedding(embedding, self.transform))
+        return self.encoder(batch, _TransformedEmbedding(embedding, self))
 
 
 class DotScorer(nn.Module):
@@ -189,7 +203,8 @@ class SBRModel(nn.Module):
 
     def prepare(self, train) -> None:
         """Give components that need global training structure (DHCN's item hypergraph) the training
-        `Split` before training. Only training data may go in here (never valid/test)."""
+        `Split` before training: the split the model trains on (train, or train + validation under refit
+        and literature selection), never the test split."""
         for module in (self.encoder, self.readout):
             if hasattr(module, "prepare"):
                 module.prepare(train)

@@ -57,6 +57,7 @@ def build_report(runs_dir="runs", out_dir="reports/latest") -> Path:
         ("Figure 6", figures.figure_sweep(records, out, "heads", 6)),
         ("Figure 7", figures.figure7_lengths(records, out)),
         ("Timing", figures.figure_timing(records, out)),
+        ("Intent recovery", figures.figure_intent_recovery(records, out)),
     ]
     missing = tables.expected_missing(records)
     for label, result in made:

@@ -4,9 +4,10 @@ Three columns of ours:
 - literature: each metric's best test epoch, as the papers' code reports it (test-selected, optimistic);
 - refit: the literature run's test numbers at the epoch chosen on validation by the valid run. A refit
   (`run --selection refit`) trains a fresh model with the same seed on the same data in the same order
-  for that many epochs, so it is exactly this point of the literature trajectory (tests/test_reproduce.py
-  checks that the two agree); reading it off saves training every model a third time. No choice is made
-  on the test split;
+  for that many epochs, and the literature run's test passes leave its random state untouched, so on
+  CPU it is bit for bit this point of the literature trajectory (tests/test_reproduce.py checks it; on
+  CUDA, up to the nondeterminism of scatter kernels). Reading it off saves training every model a third
+  time. No choice is made on the test split;
 - valid: the valid run's own test numbers (selected on validation, never trained on it).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 
 def refit_from_trajectory(valid_unit, literature_unit) -> dict | None:
     """The test metrics a refit would give: the literature trajectory at the epoch chosen on validation."""

@@ -42,7 +42,7 @@ def _metric_rows(records, dataset, models, extra=None, mode="valid"):
             if stat is None:
                 continue
             sig = entry.get("significance", {}).get(metric, {})
-            rows.append(dict(extra or {}, dataset=dataset, model=model, metric=shown, mean=stat["mean"],
+            rows.append(dict(extra or {}, dataset=dataset, selection=mode, model=model, metric=shown, mean=stat["mean"],
                              std=stat["std"], seeds=stat["n"], mark=sig.get("mark", ""),
                              best=best.get(metric, {}).get("model") == model,
                              best_significant=best.get(metric, {}).get("significant", False),
