@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import re
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,38 @@ def headline_header(mode: str) -> list[str]:
 
 def config_hash(config: dict) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+# A run id is one path component: no separators, never '.' or '..' (nor hidden), so it stays under --runs-dir.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{0,199}")
+
+
+def check_run_id(run_id: str, flag: str = "run id") -> str:
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
+        raise UserError(f"{flag} {run_id!r}: a run id is one folder name of letters, digits and ._-+= "
+                        "(not starting with '.', at most 200 characters)")
+    return run_id
+
+
+class RecordError(UserError):
+    """A run record that cannot be used as it is (an unsafe or damaged checkpoint, a unit whose config or
+    data changed): the run stops with this error instead of recording the unit as failed."""
+
+
+def _checkpoint_globals() -> list:
+    """What a checkpoint may hold besides tensors and plain containers: numpy arrays, dtypes and scalars
+    (numpy's RNG state, the literature mode's best test ranks). Under both numpy 2 and numpy 1 names, so
+    checkpoints written with either load."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray
+    allowed = [np.ndarray, np.dtype]
+    for fn in (multiarray._reconstruct, multiarray.scalar):
+        allowed += [(fn, f"{mod}.multiarray.{fn.__name__}") for mod in ("numpy._core", "numpy.core")]
+    for kind in (np.bool_, np.uint8, np.int8, np.int32, np.uint32, np.int64, np.uint64, np.float32, np.float64):
+        allowed.append(type(np.dtype(kind)))  # numpy >= 1.25 pickles dtypes by their class
+    return allowed
 
 
 def new_run_id(config: dict) -> str:
@@ -153,8 +188,19 @@ class Run:
 
         if not self.checkpoint_path.exists():
             return None
-        # Our own file: it holds numpy/python RNG states, which need full unpickling.
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        # weights_only: a crafted checkpoint.pt must not run code on --resume; only tensors, plain python
+        # values and the numpy types that checkpoints hold are unpickled.
+        try:
+            with torch.serialization.safe_globals(_checkpoint_globals()):
+                return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, KeyError,
+                AttributeError, TypeError, IndexError, OSError) as e:
+            text = str(e).strip()
+            unsafe = re.search(r"GLOBAL ([\w.]+)", text)  # what weights_only refused to unpickle
+            reason = (f"it would unpickle {unsafe.group(1)}, which no checkpoint holds" if unsafe else
+                      text.splitlines()[0][:160] if text else type(e).__name__)
+            raise RecordError(f"{self.checkpoint_path}: not a checkpoint that can be loaded safely ({reason}); "
+                              "delete it to train this unit from scratch") from None
 
     def write_ranks(self, result, lengths) -> None:
         with atomic_path(self.ranks_path) as tmp:
@@ -186,24 +232,60 @@ class RunDir:
     results_path = property(lambda self: self.path / "results.json")
     results_md_path = property(lambda self: self.path / "results.md")
 
+    _lock = None
+
     @classmethod
-    def create(cls, runs_dir, run_id: str, config: dict, env: dict) -> "RunDir":
-        run = cls(Path(runs_dir) / run_id)
-        if run.config_path.exists():
-            raise UserError(f"--run-id {run_id}: {run.path} already exists; use --resume {run_id} to continue "
-                            "it or choose another id")
-        write_json(run.config_path, config)
-        write_json(run.env_path, env)
+    def create(cls, runs_dir, run_id: str, config: dict, env: dict, lock: bool = False) -> "RunDir":
+        """A new run folder. `lock`: hold its lock from before the checks on (see `lock`), so two runs
+        started with one id cannot both pass them."""
+        run = cls(Path(runs_dir) / check_run_id(run_id))
+        if run.path.exists() and not run.path.is_dir():
+            raise UserError(f"--run-id {run_id}: {run.path} exists and is not a folder")
+        if lock:
+            run.lock(f"--run-id {run_id}")
+        try:
+            if run.config_path.exists():
+                raise UserError(f"--run-id {run_id}: {run.path} already exists; use --resume {run_id} to continue "
+                                "it or choose another id")
+            leftovers = [p.name for p in run.path.iterdir() if p.name != ".lock"] if run.path.is_dir() else []
+            if leftovers:  # a fresh run must not adopt (and resume) whatever units lie there
+                raise UserError(f"--run-id {run_id}: {run.path} already holds files but no config.json "
+                                f"({', '.join(sorted(leftovers)[:3])}{', ...' if len(leftovers) > 3 else ''}); "
+                                "remove it or choose another id")
+            write_json(run.config_path, config)
+            write_json(run.env_path, env)
+        except BaseException:
+            run.unlock()
+            raise
         return run
 
     @classmethod
     def open(cls, ref: str, runs_dir) -> "RunDir":
-        """A run to resume, by path or by id under `runs_dir`."""
-        for candidate in (Path(ref), Path(runs_dir) / ref):
-            if (candidate / "config.json").exists():
-                return cls(candidate)
+        """A run to resume: an existing run folder given as a path, else a run id under `runs_dir`."""
+        if (Path(ref) / "config.json").exists():
+            return cls(Path(ref))
+        if not RUN_ID_PATTERN.fullmatch(ref):  # not a folder, and as an id it would leave runs_dir
+            raise UserError(f"--resume {ref}: no run folder {Path(ref) / 'config.json'}, and not a run id "
+                            "(one folder name of letters, digits and ._-+=) to look for under --runs-dir")
+        candidate = Path(runs_dir) / ref
+        if (candidate / "config.json").exists():
+            return cls(candidate)
         raise UserError(f"--resume {ref}: no run found (looked for {Path(ref) / 'config.json'} and "
-                        f"{Path(runs_dir) / ref / 'config.json'})")
+                        f"{candidate / 'config.json'})")
+
+    def lock(self, what: str) -> "RunDir":
+        """Hold `<run>/.lock` until `unlock` or the end of the process (UserError naming the holder when
+        another process holds it)."""
+        from .lock import FolderLock
+
+        if self._lock is None:
+            self._lock = FolderLock(self.path)
+        self._lock.acquire(what)
+        return self
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def config(self) -> dict:
         return read_json(self.config_path)

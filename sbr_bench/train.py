@@ -39,7 +39,7 @@ from . import distributed
 from .env import keep_freed_memory
 from .errors import UserError
 from .profiling import peak_rss_mb
-from .runs import SELECTION_METRIC, SELECTIONS, Run, timing_summary
+from .runs import SELECTION_METRIC, SELECTIONS, RecordError, Run, config_hash, dataset_fingerprint, timing_summary
 
 EVAL_BATCH_SIZE = 500
 
@@ -331,6 +331,13 @@ class _Trainer:
         }
 
     # --- checkpoints -------------------------------------------------------------------------------
+    def identity(self) -> dict:
+        """What a checkpoint must have been trained with to be resumed: cfg, seed and data (hashed once)."""
+        if getattr(self, "_identity", None) is None:
+            self._identity = {"cfg": config_hash(self.cfg), "seed": int(self.seed),
+                              "dataset": dataset_fingerprint(self.dataset)}
+        return self._identity
+
     def save(self) -> None:
         """Rank 0 writes the checkpoint, with every rank's RNG states (a collective: all ranks call it)."""
         rng_ranks = distributed.all_gather_object(_rng_state()) if self.world > 1 else None
@@ -339,7 +346,7 @@ class _Trainer:
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "state": self.state,
-            "cfg": self.cfg, "seed": self.seed,
+            "cfg": self.cfg, "seed": self.seed, "unit": self.identity(),
         }
         if rng_ranks is not None:
             state.update(rng_ranks=rng_ranks, world_size=self.world)
@@ -351,6 +358,12 @@ class _Trainer:
         ckpt = self.run.load_checkpoint()
         if ckpt is None or "optimizer" not in ckpt:  # none, or the slim file of a finished unit
             return False
+        recorded = ckpt.get("unit", self.identity())  # older checkpoints have none: resumed as before
+        if recorded != self.identity():
+            changed = [k for k, v in self.identity().items() if recorded.get(k) != v]
+            raise RecordError(f"{self.run.path}: its checkpoint was trained with another {', '.join(changed)} "
+                              f"than this run has; delete {self.run.checkpoint_path.name} there to train the unit "
+                              "from scratch, or start a new run")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

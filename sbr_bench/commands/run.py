@@ -55,9 +55,11 @@ def add_arguments(p) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key for every model that has it, or MODEL.KEY=VALUE for one "
                         "model (repeatable; values are JSON, else strings)")
-    p.add_argument("--run-id", help="name of the run folder (default: UTC timestamp + config hash)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (id under --runs-dir, or a path): "
-                   "finished model/seed units are kept, an unfinished one continues from its checkpoint")
+    p.add_argument("--run-id", help="name of the run folder under --runs-dir: letters, digits and ._-+=, not "
+                   "starting with '.' (default: UTC timestamp + config hash)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (a run id under --runs-dir, or "
+                   "the path of an existing run folder): finished model/seed units are kept, an unfinished one "
+                   "continues from its checkpoint")
     p.add_argument("--checkpoint-every", type=int, metavar="N",
                    help=f"also checkpoint every N batches within an epoch (default: {DEFAULT_CHECKPOINT_EVERY}; "
                         "0: only at the end of each epoch)")
@@ -175,6 +177,8 @@ def seed_list(args) -> list[int]:
             raise UserError(f"--seed-list {args.seed_list}: expected comma-separated integers") from None
         if not seeds:
             raise UserError("--seed-list: no seeds given")
+        if min(seeds) < 0:  # numpy refuses them: every unit would fail instead of one usage error
+            raise UserError(f"--seed-list {args.seed_list}: seeds must be 0 or more")
         return list(dict.fromkeys(seeds))
     n = 1 if args.seeds is None else args.seeds
     if n < 1:
@@ -244,6 +248,21 @@ def selection_arg(args) -> str:
     return getattr(args, "selection", None) or DEFAULT_SELECTION
 
 
+def check_args(args) -> None:
+    """Usage errors found before anything is loaded or written (the rest are found before the run folder
+    is created: model names and --set values need the dataset)."""
+    from ..runs import check_run_id
+
+    if args.run_id is not None:
+        check_run_id(args.run_id, "--run-id")
+    if args.models is not None and not args.models.replace(",", "").strip():
+        raise UserError(f"--models {args.models!r}: no model named (use all for every model)")
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every {args.checkpoint_every}: must be 0 (end of epoch only) or more")
+    if not args.resume:
+        seed_list(args)
+
+
 def check_resume_args(args) -> None:
 
     fixed = {"--models": args.models, "--dataset": args.dataset, "--seeds": args.seeds, "--selection": args.selection,
@@ -261,7 +280,7 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
     from .. import distributed
     from ..io import write_text
     from ..models.registry import build_model
-    from ..runs import selection_of
+    from ..runs import RecordError, selection_of
     from ..train import TrainingFailed, seed_everything, train_model
 
     unit = run_dir.unit(name, seed)
@@ -286,7 +305,7 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
             return {"status": "failed", "reason": e.reason}
         print(f"[{name} seed {seed}] FAILED: {e.reason}", file=sys.stderr)
         return unit.fail(e.reason)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RecordError):  # an unsafe or changed checkpoint: the user decides, exit 2
         raise
     except Exception as e:  # a broken model must not take the other models down
         if distributed.world() > 1:  # ... except under torchrun: stop the job; --resume retries the unit
@@ -327,13 +346,29 @@ def create_run_dir(runs_dir, run_id: str, config: dict):
     outcome = None
     if distributed.is_main():
         try:
-            outcome = ("ok", str(RunDir.create(runs_dir, run_id, config, environment()).path))
+            run_dir = RunDir.create(runs_dir, run_id, config, environment(), lock=True)
+            outcome = ("ok", str(run_dir.path))
         except UserError as e:
             outcome = ("error", str(e))
     outcome = distributed.broadcast_object(outcome)
     if outcome[0] == "error":
         raise UserError(outcome[1])
-    return RunDir(outcome[1])
+    return run_dir if distributed.is_main() else RunDir(outcome[1])
+
+
+def lock_run_dir(run_dir, what: str) -> None:
+    """Rank 0 takes the run folder's lock (the only writer); every rank gets its error."""
+    from .. import distributed
+
+    error = None
+    if distributed.is_main():
+        try:
+            run_dir.lock(what)
+        except UserError as e:
+            error = str(e)
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
 
 
 def main(args) -> int:
@@ -341,6 +376,7 @@ def main(args) -> int:
     from ..runs import RunDir
 
     progress = not args.no_progress
+    check_args(args)
     if getattr(args, "threads", None) is not None:
         if args.threads < 1:
             raise UserError(f"--threads {args.threads}: need at least one thread")
@@ -363,13 +399,25 @@ def main(args) -> int:
 
 
 def execute(args, run_dir, device, progress: bool) -> int:
-    """The run itself; `device` is set under torchrun (this process's device), else resolved here."""
+    """The run itself; `device` is set under torchrun (this process's device), else resolved here. The run
+    folder stays locked throughout (`sbr_bench.lock`; a second run on it is refused)."""
+    held = []
+    try:
+        return _execute(args, run_dir, device, progress, held)
+    finally:
+        for locked in held:  # also on errors; the end of the process would release it anyway
+            locked.unlock()
+
+
+def _execute(args, run_dir, device, progress: bool, held: list) -> int:
     from .. import distributed
     from ..env import environment
     from ..runs import dataset_fingerprint, new_run_id, results_text
     from ..train import resolve_device
 
     if run_dir is not None:  # --resume
+        held.append(run_dir)
+        lock_run_dir(run_dir, f"--resume {args.resume}")
         config = run_dir.config()
         if args.checkpoint_every is not None:
             config["checkpoint_every"] = args.checkpoint_every
@@ -401,6 +449,7 @@ def execute(args, run_dir, device, progress: bool) -> int:
         hashed = {k: config[k] for k in ("models", "cfg", "seeds", "dataset", "deterministic", "selection")}
         run_id = args.run_id or (new_run_id(hashed) if distributed.is_main() else None)
         run_dir = create_run_dir(args.runs_dir, distributed.broadcast_object(run_id), config)
+        held.append(run_dir)
 
     world = distributed.world()
     print(f"run {run_dir.run_id}: {len(config['models'])} model(s) x {len(config['seeds'])} seed(s) on "

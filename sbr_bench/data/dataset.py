@@ -67,9 +67,10 @@ def prepare_dataset(name="synthetic", data_dir="datasets", protocol=None, valid_
         return prepared
     if name == "synthetic" or name.startswith("synthetic:"):
         return _synthetic(name, valid_fraction, protocol, raw, params)
-    imported = data_dir / name / IMPORT_FILE
+    # Only a single safe folder name is looked up under data_dir ('../x' must not reach outside it).
+    imported = data_dir / name / IMPORT_FILE if _is_safe_name(name) else None
     is_source = name.lower() in source_names()
-    if imported.exists() and not (is_source and (raw is not None or protocol is not None)):
+    if imported is not None and imported.exists() and not (is_source and (raw is not None or protocol is not None)):
         record = read_json(imported)
         if raw is not None:
             raise UserError(f"'{name}' is imported from {record.get('path')}; --raw applies to sources only")
@@ -327,8 +328,13 @@ def _imported_names(data_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in data_dir.glob(f"*/{IMPORT_FILE}"))
 
 
+def _is_safe_name(name: str) -> bool:
+    """One folder name under data_dir: no separators, not '.', '..' or hidden."""
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None
+
+
 def _check_name(name: str) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name.startswith("synthetic"):
+    if not _is_safe_name(name) or name.startswith("synthetic"):
         raise UserError(f"dataset name '{name}' must be letters, digits, '.', '_' or '-' (and not synthetic*)")
 
 

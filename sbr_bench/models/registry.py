@@ -12,6 +12,7 @@ Each model module defines `SPECS = {name: ModelSpec(...) or BaselineSpec(...)}`.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,6 +25,7 @@ TRAIN_DEFAULTS = dict(
 )
 
 AT_LEAST_ONE = ("epochs", "batch_size", "dim")
+INTEGER = AT_LEAST_ONE + ("patience", "lr_step")  # counts: 1.7 epochs is a typo, not a setting
 
 MODEL_MODULES = [
     "sbr_bench.models.attenmixer",
@@ -133,6 +135,12 @@ def model_config(name: str, overrides: dict | None = None) -> dict:
         number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
         if number(default) and not number(value):
             raise UserError(f"--set {key}={value}: '{key}' is a number (default {default})")
+        if number(value) and not math.isfinite(value):  # JSON parsing accepts NaN and Infinity
+            raise UserError(f"--set {key}={value}: '{key}' must be a finite number")
+        if key in INTEGER and number(value):
+            if value != int(value):
+                raise UserError(f"--set {key}={value}: '{key}' must be a whole number")
+            value = int(value)
         if key in AT_LEAST_ONE and value < 1:
             raise UserError(f"--set {key}={value}: must be at least 1")
         cfg[key] = value
