@@ -23,3 +23,13 @@ def tiny():
     from sbr_bench.data.synthetic import synthetic_dataset
 
     return synthetic_dataset("tiny", seed=0)
+
+
+try:  # Hypothesis profiles (tests/test_fuzz_readers.py): few examples by default, many with SBR_FUZZ=1
+    from hypothesis import settings
+
+    settings.register_profile("default", max_examples=25, deadline=None)
+    settings.register_profile("fuzz", max_examples=1000, deadline=None)
+    settings.load_profile("fuzz" if os.environ.get("SBR_FUZZ") == "1" else "default")
+except ImportError:
+    pass

@@ -253,3 +253,124 @@ def test_srgnn_golden_sample_train_pairs_match_whole_sessions():
     whole = load_srgnn(folder).train
     rebuilt, _, _, _ = pairs_to_sessions(*read_srgnn_pairs(folder / "train.txt"))
     assert sorted(rebuilt.to_lists()) == sorted(whole.to_lists())
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+
+
+@pytest.mark.parametrize("value", ["inf", "1e300", "-1e12", "1e23"])
+def test_click_log_times_out_of_range_name_value_and_line(tmp_path, value):
+    log = tmp_path / "log.csv"
+    log.write_text(f"sid,item,ts\na,x,5\na,y,{value}\n")
+    with pytest.raises(DataFormatError, match=rf"log.csv, line 3: column 'ts': '{value}' is out of the range"):
+        read_click_log(log, "sid", "item", "ts")
+
+
+def test_click_log_bad_iso_date_names_the_bad_value(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("sid,item,ts\na,x,2020-01-01T00:00:00Z\na,y,2020-13-45\n")
+    with pytest.raises(DataFormatError, match=r"log.csv, line 3: column 'ts': '2020-13-45' is neither"):
+        read_click_log(log, "sid", "item", "ts")
+
+
+def test_click_log_same_column_twice(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("sid,item,ts\na,x,1\n")
+    with pytest.raises(UserError, match=r"--session-col and --item-col both name the column 'sid'"):
+        read_click_log(log, "sid", "sid", "ts")
+
+
+@pytest.mark.parametrize("rows, line", [("a,x,1\na,y,2,3\nb,z,4\n", 3), ("a,x,1,9\na,y,2,3\n", 2)])
+def test_click_log_extra_field_names_the_line(tmp_path, rows, line):
+    log = tmp_path / "log.csv"
+    log.write_text("sid,item,ts\n" + rows)
+    with pytest.raises(DataFormatError, match=rf"log.csv, line {line}: expected 3 ','-separated fields.*found 4"):
+        read_click_log(log, "sid", "item", "ts")
+
+
+def test_click_log_that_the_protocol_empties_is_an_error(tmp_path):
+    from sbr_bench.data.dataset import load_dataset
+
+    log = tmp_path / "log.csv"
+    log.write_text("sid,item,ts\na," + "x" * 3_000_000 + ",1\n")  # one huge line: one click, no session
+    with pytest.raises(DataFormatError, match=r"log.csv: 1 clicks read, but no training session is left"):
+        load_dataset(str(log), data_dir=tmp_path / "data", session_col="sid", item_col="item", time_col="ts")
+    assert not list((tmp_path / "data").rglob("*.npz"))
+
+
+@pytest.mark.parametrize("big", ["99999999999", "9" * 30])
+def test_lessr_huge_id_without_num_items_is_refused(tmp_path, big):
+    write_lines(tmp_path / "train.txt", TRAIN)
+    (tmp_path / "test.txt").write_text(f"1,2\n3,{big}\n")
+    with pytest.raises(DataFormatError, match=rf"test.txt, line 2: item id {big} is far beyond the 8 distinct"):
+        load_lessr(tmp_path)
+
+
+def test_lessr_huge_num_items_is_refused(tmp_path):
+    write_lines(tmp_path / "train.txt", TRAIN)
+    write_lines(tmp_path / "test.txt", TEST)
+    (tmp_path / "num_items.txt").write_text("99999999999\n")
+    with pytest.raises(DataFormatError, match=r"num_items.txt, line 1: num_items 99999999999 is far beyond"):
+        load_lessr(tmp_path)
+
+
+def test_srgnn_huge_id_is_refused(tmp_path):
+    folder = write_srgnn(tmp_path / "d")
+    write_pickle(folder / "all_train_seq.txt", TRAIN + [[1, 10**23]])
+    with pytest.raises(DataFormatError, match=r"all_train_seq.txt: item id 10{23} is far beyond"):
+        load_srgnn(folder)
+
+
+def test_sessionrec_id_beyond_int64(tmp_path):
+    (tmp_path / "x_train_full.txt").write_text("SessionId\tItemId\tTime\n1\t2\t3.0\n1\t3\t4.0\n")
+    (tmp_path / "x_test.txt").write_text("SessionId\tItemId\tTime\n1\t" + "9" * 30 + "\t3.0\n")
+    with pytest.raises(DataFormatError, match="x_test.txt: not a session-rec event file"):
+        load_sessionrec(tmp_path)
+
+
+def test_lessr_utf8_bom_is_stripped(tmp_path):
+    (tmp_path / "train.txt").write_bytes(b"\xef\xbb\xbf1,2,3\n4,5\n")
+    (tmp_path / "test.txt").write_bytes(b"\xef\xbb\xbf1,2\n")
+    assert load_lessr(tmp_path).train.to_lists() == [[1, 2, 3], [4, 5]]
+
+
+def test_folder_or_fifo_where_a_file_is_expected(tmp_path):
+    import os
+
+    from sbr_bench.data.dataset import load_dataset
+
+    lessr = tmp_path / "l"
+    lessr.mkdir()
+    (lessr / "train.txt").mkdir()  # a folder named like the file
+    (lessr / "test.txt").write_text("1,2\n")
+    with pytest.raises(DataFormatError, match=r"train.txt: is a folder, expected a file"):
+        load_dataset(str(lessr), data_dir=tmp_path / "data")
+    srgnn = write_srgnn(tmp_path / "s")
+    (srgnn / "test.txt").unlink()
+    os.mkfifo(srgnn / "test.txt")  # opening it would block forever
+    with pytest.raises(DataFormatError, match=r"test.txt: is not a regular file"):
+        load_dataset(str(srgnn), data_dir=tmp_path / "data")
+    with pytest.raises(DataFormatError, match=r"test.txt: is not a regular file"):
+        load_srgnn(srgnn)
+    log = tmp_path / "log.csv"
+    os.mkfifo(log)
+    with pytest.raises(DataFormatError, match=r"log.csv: is not a regular file"):
+        read_click_log(log, "sid", "item", "ts")
+    assert not list((tmp_path / "data").rglob("*.npz"))
+
+
+def test_unreadable_file_is_one_error(tmp_path, monkeypatch):
+    import builtins
+
+    write_lines(tmp_path / "train.txt", TRAIN)
+    write_lines(tmp_path / "test.txt", TEST)
+    real_open = builtins.open
+
+    def deny(file, *args, **kwargs):  # tests run as root, where chmod 000 does not stop reading
+        if str(file).endswith("test.txt"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", deny)
+    with pytest.raises(DataFormatError, match=r"test.txt: cannot read the file \(Permission denied\)"):
+        load_lessr(tmp_path)

@@ -128,3 +128,36 @@ def test_windows_line_endings_are_accepted(tmp_path):
     path.write_bytes(b"sessionId;userId;itemId;timeframe;eventdate\r\n1;NA;5;10;2016-05-10\r\n1;NA;6;20;2016-05-10\r\n")
     df = read_diginetica(path)
     assert df["item"].tolist() == [5, 6] and df["eventdate"].dt.day.tolist() == [10, 10]
+
+
+def test_utf8_bom_before_the_header_is_stripped(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfsessionId;userId;itemId;timeframe;eventdate\n1;NA;5;10;2016-05-10\n")
+    assert read_diginetica(path)["item"].tolist() == [5]
+
+
+def test_a_folder_or_fifo_instead_of_a_file_is_one_error(tmp_path):
+    import os
+
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(DataFormatError, match=r"dir.csv: is a folder, expected a file"):
+        read_diginetica(tmp_path / "dir.csv")
+    os.mkfifo(tmp_path / "fifo.csv")  # opening it would block forever
+    with pytest.raises(DataFormatError, match=r"fifo.csv: is not a regular file"):
+        read_gowalla(tmp_path / "fifo.csv")
+
+
+def test_unreadable_file_is_one_error(tmp_path, monkeypatch):
+    import builtins
+
+    path = write(tmp_path, "d.csv", DIGI_ROWS)
+    real_open = builtins.open
+
+    def deny(file, *args, **kwargs):  # tests run as root, where chmod 000 does not stop reading
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", deny)
+    with pytest.raises(DataFormatError, match=r"d.csv: cannot read the file \(Permission denied\)"):
+        read_diginetica(path)

@@ -28,7 +28,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import DataFormatError, UserError
 from ..io import read_json, write_json
 from .sessions import SessionDataset, Split, make_dataset
 
@@ -133,6 +133,7 @@ def _from_source(name, data_dir, protocol, valid_fraction, raw, refresh, params)
     def build():
         clicks = source.read(raw_path)
         result = protocols.PROTOCOLS[protocol](clicks, dataset=name, **full_params)
+        _check_not_empty(raw_path, clicks, result, protocol)
         return make_dataset(name, result.n_items, result.train, result.test, valid_fraction,
                             meta={**meta, "protocol_info": getattr(result, "info", {})})
 
@@ -194,6 +195,7 @@ def _from_path(name, data_dir, record, valid_fraction, refresh) -> Prepared:
             clicks = loaders.read_click_log(path, opts.get("session_col"), opts.get("item_col"),
                                             opts.get("time_col"), opts.get("delimiter", ","))
             result = run_clicklog_protocol(protocols, payload["protocol"], clicks, payload["params"])
+            _check_not_empty(path, clicks, result, payload["protocol"])
             return make_dataset(name, result.n_items, result.train, result.test, valid_fraction,
                                 meta={**meta, "protocol_info": getattr(result, "info", {})})
         loaded = loaders.load_preprocessed(path, **record.get("options", {}))
@@ -212,6 +214,14 @@ def _from_path(name, data_dir, record, valid_fraction, refresh) -> Prepared:
 #   >= 2, items >= 5 (one pass), test = sessions of the last `test_days` (1) day(s).
 CLICKLOG_BRANCH = {"lessr": "gowalla", "srgnn": "yoochoose"}
 CLICKLOG_OVERRIDES = {"lessr": {"session_gap_s": float("inf"), "top_n_items": None}, "srgnn": {}}
+
+
+def _check_not_empty(path, clicks, result, protocol) -> None:
+    """A protocol that filters every session away must be an error, not a dataset of 0 clicks."""
+    if len(result.train) == 0 or len(result.test) == 0:
+        part = "training" if len(result.train) == 0 else "test"
+        raise DataFormatError(path, f"{len(clicks)} clicks read, but no {part} session is left after the "
+                              f"{protocol} protocol's filters (sessions of >= 2 clicks, items seen >= 5 times)")
 
 
 def _clicklog_params(protocols, record) -> dict:
@@ -268,7 +278,9 @@ def file_sha256(path, data_dir) -> str:
     """Full sha256 of a file, remembered by (resolved path, size, mtime) in `<data_dir>/.file_digests.json`."""
     from .download import sha256_file
 
-    path = Path(path).resolve()
+    from .readers import regular_file
+
+    path = regular_file(Path(path).resolve())  # a folder or FIFO is refused before hashing opens it
     st = path.stat()
     store = Path(data_dir) / DIGEST_FILE
     try:
@@ -278,7 +290,10 @@ def file_sha256(path, data_dir) -> str:
     entry = known.get(str(path))
     if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
         return entry["sha256"]
-    digest = sha256_file(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as e:
+        raise DataFormatError(path, f"cannot read the file ({e.strerror or e})") from None
     known[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     try:
         write_json(store, known)

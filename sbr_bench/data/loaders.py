@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataFormatError, UserError
+from .readers import regular_file
 from .sessions import Sessions, Split
 
 LAYOUTS = ("srgnn", "lessr", "sessionrec", "clicklog")
@@ -43,6 +45,9 @@ EXPECTED = (
     "or a click-log CSV file"
 )
 SESSIONREC_HEADER = ("SessionId", "ItemId", "Time")
+# Item ids index an embedding table of n_items rows, so one stray huge id (a typo, a hash) would allocate
+# gigabytes: the largest id may exceed the number of distinct ids by this factor, or be at most ID_FLOOR.
+ID_SLACK, ID_FLOOR = 10, 1_000_000
 
 
 @dataclass
@@ -62,14 +67,39 @@ class LoadedSplits:
 # Layout detection
 
 
+def _read_bytes(path: Path, n: int = -1, line: bool = False) -> bytes:
+    """The first `n` bytes (or line) of a regular file; any OS error is one DataFormatError."""
+    path = regular_file(path)
+    try:
+        with open(path, "rb") as f:
+            return f.readline(n) if line else f.read(n)
+    except OSError as e:
+        raise DataFormatError(path, f"cannot read the file ({e.strerror or e})") from None
+
+
 def _is_pickle(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x80"  # pickle protocol >= 2 starts with PROTO
+    return _read_bytes(path, 1) == b"\x80"  # pickle protocol >= 2 starts with PROTO
 
 
 def _first_line(path: Path) -> str:
-    with open(path, "rb") as f:
-        return f.readline(4096).decode("utf-8", errors="replace").rstrip("\r\n")
+    # utf-8-sig: a byte-order mark must not hide a header
+    return _read_bytes(path, 4096, line=True).decode("utf-8-sig", errors="replace").rstrip("\r\n")
+
+
+def _text(path: Path, expected: str) -> str:
+    try:
+        return _read_bytes(path).decode("utf-8-sig")  # a leading byte-order mark is dropped
+    except UnicodeDecodeError:
+        raise DataFormatError(path, f"not a UTF-8 text file ({expected})") from None
+
+
+def check_id_bound(path, largest: int, n_distinct: int, what: str = "item id", line=None) -> None:
+    """Refuse an id (or item count) far beyond the number of distinct ids (see ID_SLACK)."""
+    limit = max(ID_FLOOR, ID_SLACK * n_distinct)
+    if largest > limit:
+        raise DataFormatError(path, f"{what} {largest} is far beyond the {n_distinct} distinct item ids "
+                              f"(at most {limit} accepted, since ids index an embedding table); "
+                              "renumber the items 1..N", line)
 
 
 def _sessionrec_files(folder: Path) -> dict:
@@ -92,7 +122,8 @@ def detect_layout(path) -> str:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist")
-    if path.is_file():
+    if not path.is_dir():
+        path = regular_file(path)  # a FIFO or device is refused before anything opens it
         if path.stat().st_size == 0:
             raise DataFormatError(path, "file is empty")
         if path.name in ("all_train_seq.txt", "train.txt", "test.txt", "valid.txt"):
@@ -158,13 +189,11 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def read_pickle(path: Path):
+    data = _read_bytes(path)
+    if not data:
+        raise DataFormatError(path, "file is empty")
     try:
-        data = path.read_bytes()
-        if not data:
-            raise DataFormatError(path, "file is empty")
         return _PlainUnpickler(io.BytesIO(data)).load()
-    except DataFormatError:
-        raise
     except Exception as e:  # any unpickling failure: truncated, not a pickle, foreign objects
         raise DataFormatError(path, f"not a readable SR-GNN pickle ({type(e).__name__}: {e})") from None
 
@@ -177,7 +206,8 @@ def _check_seqs(path: Path, seqs, what: str, min_len: int = 1) -> None:
             raise DataFormatError(path, f"{what} entry {k} is not a list of at least {min_len} item ids: {s!r:.80}")
         for i in s:
             if type(i) is not int or i < 1:
-                raise DataFormatError(path, f"{what} entry {k} holds {i!r}; ids must be integers >= 1 (0 is padding)")
+                raise DataFormatError(path, f"{what} entry {k} holds {i!r:.40}; "
+                                      "ids must be integers >= 1 (0 is padding)")
 
 
 def read_srgnn_pairs(path: Path):
@@ -243,16 +273,29 @@ def load_srgnn(folder) -> LoadedSplits:
     if all_train.exists():
         seqs = read_pickle(all_train)
         _check_seqs(all_train, seqs, "session")
-        train = Sessions.from_lists(seqs)
         files = [all_train, test_path]
         info["train_from"] = "all_train_seq.txt"
     elif (folder / "train.txt").exists():
-        train, _, _, order = pairs_to_sessions(*read_srgnn_pairs(folder / "train.txt"))
+        pairs = read_srgnn_pairs(folder / "train.txt")
         files = [folder / "train.txt", test_path]
-        info.update(train_from="train.txt (sessions rebuilt from pairs)", train_pair_order=order)
+        info["train_from"] = "train.txt (sessions rebuilt from pairs)"
     else:
         raise UserError(f"{folder}: SR-GNN layout needs all_train_seq.txt or train.txt next to test.txt")
     prefixes, targets = read_srgnn_pairs(test_path)
+    # n_items is the largest id: check it before any array is built from the ids (counting the distinct
+    # ids only when the largest is big, which real splits never are)
+    train_seqs = seqs if all_train.exists() else pairs[0] + [[t] for t in pairs[1]]
+    test_seqs = prefixes + [[t] for t in targets]
+    his = [(p, max(max(s) for s in part)) for p, part in zip(files, (train_seqs, test_seqs))]
+    if max(hi for _, hi in his) > ID_FLOOR:
+        ids = {i for part in (train_seqs, test_seqs) for s in part for i in s}
+        for p, hi in his:
+            check_id_bound(p, hi, len(ids))
+    if all_train.exists():
+        train = Sessions.from_lists(seqs)
+    else:
+        train, _, _, order = pairs_to_sessions(*pairs)
+        info["train_pair_order"] = order
     test_sessions, ex_seq, ex_len, order = pairs_to_sessions(prefixes, targets)
     test = Split(test_sessions, ex_seq, ex_len)
     n_items = int(max(train.items.max(initial=0), test_sessions.items.max(initial=0)))
@@ -267,10 +310,7 @@ def load_srgnn(folder) -> LoadedSplits:
 
 def read_lessr_sessions(path: Path) -> list[list[int]]:
     """One session per line, comma-separated integer ids; names file and line on any bad line."""
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise DataFormatError(path, "not a text file (LESSR layout expects comma-separated ids)") from None
+    text = _text(path, "LESSR layout expects comma-separated ids")
     lines = text.rstrip("\r\n").split("\n") if text.strip() else []
     if not lines:
         raise DataFormatError(path, "file is empty")
@@ -280,7 +320,9 @@ def read_lessr_sessions(path: Path) -> list[list[int]]:
         if not line:
             raise DataFormatError(path, "empty line (expected comma-separated item ids)", no)
         try:
-            seq = [int(x) for x in line.split(",")]
+            seq = [int(x) for x in line.split(",") if x.isascii()]  # int() would also take '١٢'
+            if len(seq) != line.count(",") + 1:
+                raise ValueError
         except ValueError:
             raise DataFormatError(path, f"not a comma-separated list of integers: {line!r:.80}", no) from None
         if min(seq) < 0:
@@ -290,7 +332,7 @@ def read_lessr_sessions(path: Path) -> list[list[int]]:
 
 
 def read_num_items(path: Path) -> int:
-    text = path.read_text().strip()
+    text = _text(path, "num_items.txt holds one integer").strip()
     try:
         value = int(text)
     except ValueError:
@@ -314,6 +356,16 @@ def load_lessr(folder, id_base=None) -> LoadedSplits:
     num_items = read_num_items(num_items_path) if num_items_path.exists() else None
     lo = min(min(min(s) for s in seqs) for _, seqs in parts.values())
     hi = max(max(max(s) for s in seqs) for _, seqs in parts.values())
+    # A huge id or count would allocate an embedding table of that many rows: refuse it, naming where.
+    ids = set()
+    for _, seqs in parts.values():
+        for seq in seqs:
+            ids.update(seq)
+    if hi > max(ID_FLOOR, ID_SLACK * len(ids)):
+        p, line = next((p, no) for p, seqs in parts.values() for no, seq in enumerate(seqs, 1) if max(seq) == hi)
+        check_id_bound(p, hi, len(ids), line=line)
+    if num_items is not None:
+        check_id_bound(num_items_path, num_items, len(ids), "num_items", line=1)
     if id_base is None:
         id_base = 0 if lo == 0 else 1
     if id_base not in (0, 1):
@@ -345,10 +397,13 @@ def _read_sessionrec_events(path: Path):
     if _first_line(path).split("\t")[:3] != list(SESSIONREC_HEADER):
         raise DataFormatError(path, "expected the header 'SessionId<TAB>ItemId<TAB>Time'", 1)
     try:
-        df = pd.read_csv(path, sep="\t", usecols=list(SESSIONREC_HEADER),
+        df = pd.read_csv(path, sep="\t", usecols=list(SESSIONREC_HEADER), encoding="utf-8",
+                         encoding_errors="replace",
                          dtype={"SessionId": "int64", "ItemId": "int64", "Time": "float64"})
-    except (ValueError, pd.errors.ParserError) as e:
-        raise DataFormatError(path, f"not a session-rec event file ({e})") from None
+    except OSError as e:
+        raise DataFormatError(path, f"cannot read the file ({e.strerror or e})") from None
+    except (ValueError, OverflowError, pd.errors.ParserError) as e:  # OverflowError: an id beyond int64
+        raise DataFormatError(path, f"not a session-rec event file ({' '.join(str(e).split())[:200]})") from None
     if df.empty:
         raise DataFormatError(path, "holds no events")
     return df
@@ -414,45 +469,80 @@ def load_sessionrec(folder) -> LoadedSplits:
 
 def read_click_log(path, session_col, item_col, time_col, delimiter=","):
     """A click log as a DataFrame with columns ``session``, ``time`` (UTC datetime, like the raw readers
-    in ``readers.py``) and ``item``, in file order. Times may be numeric unix seconds or ISO-8601."""
+    in ``readers.py``) and ``item``, in file order. Times may be numeric unix seconds or ISO-8601.
+    Every line must have as many fields as the header; a line with an empty session, item or time (or
+    a blank line) is skipped."""
     import pandas as pd
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"click log {path} does not exist")
-    missing = [flag for flag, col in (("--session-col", session_col), ("--item-col", item_col),
-                                      ("--time-col", time_col)) if not col]
+    path = regular_file(path)
+    flags = (("--session-col", session_col), ("--item-col", item_col), ("--time-col", time_col))
+    missing = [flag for flag, col in flags if not col]
     if missing:
         raise UserError(f"{path}: a click log needs the column names {', '.join(missing)}")
+    for k, (flag, col) in enumerate(flags):
+        for other, col2 in flags[k + 1:]:
+            if col == col2:  # one column cannot be two roles (pandas would fail with a KeyError)
+                raise UserError(f"{path}: {flag} and {other} both name the column {col!r}; "
+                                "give three different columns")
     try:
-        header = pd.read_csv(path, sep=delimiter, nrows=0).columns.tolist()
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataFormatError(path, f"cannot read a header with delimiter {delimiter!r} ({e})") from None
+        # All fields as text, header row included (row 0), so that every line's width is checked: with
+        # usecols pandas would silently drop an extra field, or shift all columns if every row had one.
+        raw = pd.read_csv(path, sep=delimiter, header=None, dtype=str, skip_blank_lines=False,
+                          encoding="utf-8", encoding_errors="replace")
+    except OSError as e:
+        raise DataFormatError(path, f"cannot read the file ({e.strerror or e})") from None
+    except pd.errors.EmptyDataError:
+        raise DataFormatError(path, "file is empty") from None
+    except (ValueError, OverflowError, pd.errors.ParserError) as e:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+        if found:
+            n, line, saw = map(int, found.groups())
+            raise DataFormatError(path, f"expected {n} {delimiter!r}-separated fields like the header, "
+                                  f"found {saw}", line) from None
+        raise DataFormatError(path, f"cannot parse with delimiter {delimiter!r} "
+                              f"({' '.join(str(e).split())[:200]})") from None
+    header = ["" if pd.isna(h) else str(h) for h in raw.iloc[0]]
     absent = [c for c in (session_col, item_col, time_col) if c not in header]
     if absent:
         raise UserError(f"{path}: column(s) {', '.join(map(repr, absent))} not in the header "
-                        f"{header[:12]} (delimiter {delimiter!r}; see --delimiter)")
-    try:
-        df = pd.read_csv(path, sep=delimiter, usecols=[session_col, item_col, time_col],
-                         dtype={session_col: str, item_col: str})
-    except (ValueError, pd.errors.ParserError) as e:
-        raise DataFormatError(path, f"cannot parse ({e})") from None
-    df = df.rename(columns={session_col: "session", item_col: "item", time_col: "time"})
-    df = df.dropna()
+                        f"{[h[:40] for h in header[:12]]} (delimiter {delimiter!r}; see --delimiter)")
+    twice = [c for c in (session_col, item_col, time_col) if header.count(c) > 1]
+    if twice:
+        raise DataFormatError(path, f"the header names column {twice[0]!r} more than once", 1)
+    df = raw.iloc[1:, [header.index(c) for c in (session_col, item_col, time_col)]]
+    df.columns = ["session", "item", "time"]
+    df = df.dropna()  # index = file line - 1 (blank lines are kept as empty rows, so numbers hold)
     if df.empty:
         raise DataFormatError(path, "holds no complete clicks (session, item and time all present)")
     df["time"] = _to_utc(path, time_col, df["time"])
     return df[["session", "time", "item"]].reset_index(drop=True)
 
 
+# Unix seconds that fit a pandas timestamp (years 1677..2262); beyond, pandas raises or wraps around.
+_MIN_SECONDS, _MAX_SECONDS = -9_223_372_036, 9_223_372_036
+
+
 def _to_utc(path, col, values):
+    """Unix seconds (all numeric) or ISO-8601 text to UTC timestamps; names the first bad value and line
+    (the index of `values` is the file line - 1)."""
     import pandas as pd
 
     numeric = pd.to_numeric(values, errors="coerce")
     if numeric.notna().all():
-        return pd.to_datetime(numeric.astype("float64"), unit="s", utc=True)
-    try:
-        return pd.to_datetime(values.astype(str), utc=True, format="ISO8601")
-    except (ValueError, TypeError):
-        bad = values[numeric.isna()].iloc[0]
-        raise DataFormatError(path, f"column {col!r}: {bad!r} is neither unix seconds nor an ISO-8601 time") from None
+        seconds = numeric.astype("float64").to_numpy()
+        bad = ~((seconds >= _MIN_SECONDS) & (seconds <= _MAX_SECONDS))  # also catches inf and nan
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise DataFormatError(path, f"column {col!r}: {values.iloc[k]!r:.40} is out of the range of "
+                                  "unix seconds a timestamp can hold (years 1677-2262)", int(values.index[k]) + 1)
+        return pd.to_datetime(seconds, unit="s", utc=True).to_series(index=values.index)
+    times = pd.to_datetime(values.astype(str), utc=True, format="ISO8601", errors="coerce")
+    bad = times.isna().to_numpy()
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise DataFormatError(path, f"column {col!r}: {values.iloc[k]!r:.40} is neither unix seconds nor an "
+                              "ISO-8601 time (within years 1677-2262)", int(values.index[k]) + 1)
+    return times

@@ -13,6 +13,7 @@ stray `"` characters that would otherwise swallow lines.
 from __future__ import annotations
 
 import csv
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,10 +116,32 @@ READERS = {
 # ---------------------------------------------------------------- implementation
 
 
-def _read(path, layout: _Layout) -> pd.DataFrame:
+def regular_file(path) -> Path:
+    """`path` as a Path if it is a regular file; else one DataFormatError saying what it is instead
+    (a FIFO would block the reader forever, a folder would fail with IsADirectoryError)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(path, "file not found")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataFormatError(path, "file not found") from None
+    except OSError as e:
+        raise DataFormatError(path, f"cannot read the file ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataFormatError(path, "is a folder, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise DataFormatError(path, "is not a regular file (a FIFO, socket or device?), expected a file")
+    return path
+
+
+def _read(path, layout: _Layout) -> pd.DataFrame:
+    path = regular_file(path)
+    try:
+        return _read_file(path, layout)
+    except OSError as e:  # unreadable (permissions, I/O error): one line, not a traceback
+        raise DataFormatError(path, f"cannot read the file ({e.strerror or e})") from None
+
+
+def _read_file(path: Path, layout: _Layout) -> pd.DataFrame:
     first = _first_line(path)
     if not first.strip():
         raise DataFormatError(path, "file is empty (no data lines)", 1)
@@ -137,7 +160,8 @@ def _read(path, layout: _Layout) -> pd.DataFrame:
 def _first_line(path: Path) -> str:
     with open(path, "rb") as f:
         raw = f.readline()
-    return raw.decode("utf-8", errors="replace").rstrip("\r\n")
+    # utf-8-sig: a byte-order mark (Excel, Notepad) must not hide the header; pandas skips it too.
+    return raw.decode("utf-8-sig", errors="replace").rstrip("\r\n")
 
 
 def _check_delimiter(path, layout: _Layout, first: str) -> None:
@@ -225,7 +249,10 @@ def _parse(path: Path, layout: _Layout, has_header: bool) -> pd.DataFrame:
         return pd.read_csv(path, dtype=dtypes, **kwargs)
     except (ValueError, OverflowError) as err:
         # Locate the first non-integer id by re-reading the integer columns as text (error path only).
-        text = pd.read_csv(path, dtype="str", **dict(kwargs, usecols=list(layout.int_cols)))
+        try:
+            text = pd.read_csv(path, dtype="str", **dict(kwargs, usecols=list(layout.int_cols)))
+        except (ValueError, OverflowError):
+            text = pd.DataFrame({c: pd.Series([], dtype=str) for c in layout.int_cols})  # reported below
         first_row = 2 if has_header else 1
         worst = None
         for col in layout.int_cols:
@@ -235,7 +262,7 @@ def _parse(path: Path, layout: _Layout, has_header: bool) -> pd.DataFrame:
                 if worst is None or row < worst[0]:
                     worst = (row, col, text[col].iloc[row])
         if worst is None:
-            raise DataFormatError(path, f"could not parse the file: {err}") from err
+            raise DataFormatError(path, "could not parse the file: " + " ".join(str(err).split())[:200]) from None
         row, col, value = worst
         raise DataFormatError(path, f"{col} must be an integer, found {value!r}", row + first_row) from None
 
