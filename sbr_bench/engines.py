@@ -2,7 +2,7 @@
 this process; `ray` submits one Ray task per unit to a local or remote Ray cluster.
 
 Both call `sweep_unit`, which trains one unit of a run folder that the driver has already created
-(config.json, env.json) with `commands.run.train_unit`, so a point's record is the same whichever engine
+(config.json, env.json) with `units.train_unit`, so a point's record is the same whichever engine
 ran it. A unit resumes from its checkpoint, so a Ray task retried after its worker process died continues
 where the last checkpoint left it; a unit that fails (non-finite loss, out of memory, a bug) is recorded
 as failed and not retried. Ray is optional and imported only by `run_ray`.
@@ -37,7 +37,7 @@ class Unit:
 
 def cached_dataset(spec: dict):
     """(dataset, fingerprint) of a dataset spec (commands.run.dataset_spec), loaded once per process."""
-    from .commands.run import load_dataset
+    from .units import load_dataset
     from .runs import dataset_fingerprint
 
     spec = dict(spec, data_dir=str(Path(spec["data_dir"]).resolve()))  # one key for "datasets" and its path
@@ -54,7 +54,7 @@ def sweep_unit(run_path: str, model: str, seed: int, data_dir: str, device: str 
     """Train one unit of a prepared run folder (the body of a Ray task) and return its summary."""
     import torch
 
-    from .commands.run import train_unit
+    from .units import train_unit
     from .io import append_jsonl
     from .runs import RunDir
     from .train import resolve_device

@@ -564,6 +564,8 @@ class _Trainer:
             test = evaluate_split(self.model, self.dataset.test, self.dataset.n_items, self.device, self.extra)
             reported = test.metrics
         timing = dict(timing_summary(st["history"]), **_distributed_timing())
+        if "selection_timing" in extra:  # the refit evaluates nothing: its eval time is the selection's
+            timing["eval_median_s"] = extra["selection_timing"].get("eval_median_s", 0.0)
         summary = {
             "status": "ok", "kind": "trained", "selection": _selection_of(self.watch),
             "best_epoch": st["best_epoch"] if self.watch else len(st["history"]) - 1,

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from torch_geometric.utils import scatter
 
 from sbr_bench.io import read_json, read_jsonl
@@ -138,9 +137,11 @@ def cli(tmp_path, *args, wait=True):
 
 def mid_epoch(path):
     """The epoch of a checkpoint taken within an epoch (batch > 0), else None."""
-    try:
-        state = torch.load(path, weights_only=False)["state"]
-    except (FileNotFoundError, KeyError, RuntimeError, EOFError):
+    from sbr_bench.runs import RecordError
+
+    try:  # the suite's own safe loader: a checkpoint being written may be partial
+        state = Run(Path(path).parent).load_checkpoint()["state"]
+    except (TypeError, KeyError, RecordError):
         return None
     return state["epoch"] if state["batch"] > 0 else None
 

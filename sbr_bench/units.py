@@ -1,0 +1,67 @@
+"""One unit of a run: the dataset of a run config, and one model trained with one seed into its record.
+`sbr-bench run`, sweeps (local and Ray engines) and torchrun all train units through `train_unit`."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from .errors import UserError
+
+
+def load_dataset(spec: dict):
+    """The processed dataset of a `dataset_spec`; every split must hold examples to train and select on."""
+    from .data.dataset import load_dataset as load
+
+    dataset = load(spec["name"], data_dir=spec["data_dir"], protocol=spec.get("protocol"),
+                   valid_fraction=spec.get("valid_fraction", 0.1), **spec.get("params", {}))
+    for split in ("train", "valid", "test"):
+        if len(getattr(dataset, split)) == 0:
+            raise UserError(f"--dataset {spec['name']}: the {split} split has no examples"
+                            + (" (raise --valid-fraction)" if split == "valid" else ""))
+    return dataset
+
+
+def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config: dict, progress: bool):
+    """Train one model with one seed; record a failure instead of raising (the other units go on)."""
+    from . import distributed
+    from .io import write_text
+    from .models.registry import build_model
+    from .runs import RecordError, selection_of
+    from .train import TrainingFailed, seed_everything, train_model
+
+    unit = run_dir.unit(name, seed)
+    if unit.is_finished():
+        summary = unit.read_summary()
+        print(f"[{name} seed {seed}] already finished ({summary.get('status')}), skipped")
+        return summary
+    print(f"[{name} seed {seed}] {'resuming' if unit.checkpoint_path.exists() else 'training'} on {device}",
+          flush=True)
+    def build():
+        seed_everything(seed, config["deterministic"])  # model init depends on the seed
+        return build_model(name, dataset.n_items, cfg)[0]
+
+    try:
+        summary = train_model(build(), dataset, cfg, unit, device=device, seed=seed, progress=progress,
+                              checkpoint_every=config["checkpoint_every"], deterministic=config["deterministic"],
+                              selection=selection_of(config), rebuild=build)
+    except TrainingFailed as e:
+        if distributed.world() > 1 and not e.shared:  # one rank alone: the others wait in a collective
+            raise
+        if not distributed.is_main():
+            return {"status": "failed", "reason": e.reason}
+        print(f"[{name} seed {seed}] FAILED: {e.reason}", file=sys.stderr)
+        return unit.fail(e.reason)
+    except (KeyboardInterrupt, RecordError):  # an unsafe or changed checkpoint: the user decides, exit 2
+        raise
+    except Exception as e:  # a broken model must not take the other models down
+        if distributed.world() > 1:  # ... except under torchrun: stop the job; --resume retries the unit
+            raise
+        write_text(unit.path / "error.txt", traceback.format_exc())
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        print(f"[{name} seed {seed}] FAILED: {reason} (traceback in {unit.path / 'error.txt'})", file=sys.stderr)
+        return unit.fail(reason)
+    test, tag = summary["test"], " best-on-test" if summary.get("test_selected") else ""
+    print(f"[{name} seed {seed}] test{tag} HR@20 {test.get('HR@20', float('nan')):.2f}  "
+          f"MRR@20 {test.get('MRR@20', float('nan')):.2f}  (best epoch {summary.get('best_epoch')})", flush=True)
+    return summary
