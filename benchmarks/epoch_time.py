@@ -4,7 +4,7 @@ Usage: python benchmarks/epoch_time.py --dataset diginetica|gowalla|synthetic:di
        [--models narm,srgnn,...] [--threads 1] [--repeats 1] [--python /other/venv/bin/python ...]
        [--compare-torch-scatter]
 
-For each model: one training epoch as `sbr-bench run` trains it (sbr_bench.train.train_model with
+For each model: one training epoch as `sbr-bench run` trains it (sbr_bench.training.train_model with
 max_epochs=1, validation pass, no test), then prints epoch train time, examples/s, the data / forward /
 backward+step / eval seconds, peak memory, the scoring-bound time (the three products s@E^T, G@E, G^T@s
 alone for that model's batch sizes, dim and item count; see sbr_bench/profiling.py) and train/bound, plus

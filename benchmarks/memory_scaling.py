@@ -55,7 +55,7 @@ def child(args) -> None:
     from sbr_bench.evaluate import evaluate
     from sbr_bench.models.registry import build_model
     from sbr_bench.profiling import current_rss_mb, peak_rss_mb, reset_peak_rss
-    from sbr_bench.train import _LossOf, make_optimizer
+    from sbr_bench.training import _LossOf, make_optimizer
 
     n, rank, world = args.items, args.rank, args.world
     rng = np.random.default_rng(0)

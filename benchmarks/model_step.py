@@ -28,7 +28,7 @@ import torch
 from sbr_bench.data.dataset import load_dataset
 from sbr_bench.data.graphs import ExampleLoader
 from sbr_bench.models.registry import build_model, resolve_names, spec_for, ModelSpec
-from sbr_bench.train import make_optimizer
+from sbr_bench.training import make_optimizer
 
 
 clock = time.process_time

@@ -7,9 +7,9 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
-COMMANDS = ["run", "reproduce", "datasets", "dissect", "sweep", "report"]
+COMMANDS = ["run", "reproduce", "datasets", "models", "dissect", "sweep", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Experiment settings (`ConfigError.key`) -> the option that sets them.
+OPTIONS = {
+    "models": "--models", "seeds": "--seeds", "epochs": "--epochs", "batch_size": "--batch-size",
+    "selection": "--selection", "device": "--device", "deterministic": "--deterministic",
+    "checkpoint_every": "--checkpoint-every", "runs_dir": "--runs-dir", "run_id": "--run-id",
+    "engine": "--engine", "dataset": "--dataset", "dataset.name": "--dataset", "dataset.data_dir": "--data-dir",
+    "dataset.protocol": "--protocol", "dataset.valid_fraction": "--valid-fraction",
+    "dataset.params": "--protocol-param",
+}
+
+
+def as_option(error: ConfigError, args) -> str:
+    """A library ConfigError in the words of the command line: the option that sets the key, or, for a
+    setting that came from an experiment file and no option, the file and its key."""
+    key, value = error.key, error.value
+    shown = "" if value is ConfigError.NO_VALUE else value
+    if key.startswith(("overrides.", "model_overrides.")):
+        param = key.rpartition(".")[2]
+        given = any(item.partition("=")[0].rpartition(".")[2] == param for item in getattr(args, "set", []) or [])
+        flag = "--set " + f"{param}={'...' if shown == '' else shown}"
+    else:
+        option = "--seed-list" if key == "seeds" and getattr(args, "seed_list", None) else OPTIONS.get(key, key)
+        flag = option + ("" if shown == "" else f" {shown}")
+        given = getattr(args, option.lstrip("-").replace("-", "_"), None) not in (None, [], False)
+    if error.source or (getattr(args, "config", None) and not given):
+        return str(error) if error.source else f"{args.config}: {error}"
+    return f"{flag}: {error.message}"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .env import keep_freed_memory
@@ -30,6 +59,9 @@ def main(argv=None) -> int:
     keep_freed_memory()  # before any large tensor is allocated; recorded in env.json
     try:
         return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"sbr-bench {args.command}: error: {as_option(e, args)}", file=sys.stderr)
+        return 2
     except UserError as e:
         print(f"sbr-bench {args.command}: error: {e}", file=sys.stderr)
         return 2

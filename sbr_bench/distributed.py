@@ -24,7 +24,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 ENV_KEYS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 
@@ -140,17 +140,17 @@ def _device_for(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+            raise ConfigError("device", f"CUDA is not available on this machine (torch {torch.__version__})", name)
         if name != "cuda":
-            raise UserError(f"--device {name}: under torchrun each process takes its own GPU (cuda:LOCAL_RANK); "
-                            "use --device cuda")
+            raise ConfigError("device", "under torchrun each process takes its own GPU (cuda:LOCAL_RANK); use cuda",
+                              name)
         if local >= torch.cuda.device_count():
             raise UserError(f"torchrun: LOCAL_RANK {local} but only {torch.cuda.device_count()} GPU(s) visible; "
                             "use --nproc_per_node <= the number of GPUs")
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     if name != "cpu":
-        raise UserError(f"--device {name}: under torchrun use cpu, cuda or auto")
+        raise ConfigError("device", "under torchrun use cpu, cuda or auto", name)
     return torch.device("cpu")
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from .errors import UserError
 
-ENGINES = ("local", "ray")
 RAY_INSTALL_HINT = "pip install -e '.[ray]'"
 
 # The dataset of the units this process runs: points are ordered dataset by dataset, and a Ray worker
@@ -36,7 +35,7 @@ class Unit:
 
 
 def cached_dataset(spec: dict):
-    """(dataset, fingerprint) of a dataset spec (commands.run.dataset_spec), loaded once per process."""
+    """(dataset, fingerprint) of a dataset spec (`DataConfig.spec`), loaded once per process."""
     from .units import load_dataset
     from .runs import dataset_fingerprint
 
@@ -57,7 +56,7 @@ def sweep_unit(run_path: str, model: str, seed: int, data_dir: str, device: str 
     from .units import train_unit
     from .io import append_jsonl
     from .runs import RunDir
-    from .train import resolve_device
+    from .training import resolve_device
 
     if threads:
         torch.set_num_threads(threads)

@@ -1,8 +1,27 @@
-"""User-facing errors: the CLI prints these as one line and exits non-zero (no traceback)."""
+"""Typed errors for bad input. The library raises them naming what is wrong in its own terms (a config
+key, a file and line); `sbr_bench.cli` alone words them as command-line options and exits with status 2."""
 
 
 class UserError(Exception):
-    """Bad input from the user: a file, line or option that the message names."""
+    """Bad input from the user: a file, line, setting or option that the message names."""
+
+
+class ConfigError(UserError):
+    """A setting of an experiment or model is wrong. `key` names it as in an experiment file: `models`,
+    `seeds`, `dataset.valid_fraction`, `overrides.lr` (every model), `model_overrides.srgnn.lr` (one model).
+
+    `value` is the value given (when there is one) and `source` the file it came from (when it did).
+    """
+
+    NO_VALUE = object()
+
+    def __init__(self, key: str, message: str, value=NO_VALUE, source=None):
+        super().__init__(key, message)
+        self.key, self.message, self.value, self.source = key, message, value, source
+
+    def __str__(self) -> str:
+        shown = self.key if self.value is ConfigError.NO_VALUE else f"{self.key} = {self.value!r}"
+        return f"{self.source}: {shown}: {self.message}" if self.source else f"{shown}: {self.message}"
 
 
 class DataFormatError(UserError):

@@ -217,3 +217,61 @@ def audit_order_invariance(model, split, n_items, batch_size=500, device="cpu", 
     b = evaluate(model, split, n_items, max(1, batch_size // 3 + 1), device, order=perm)
     diff = np.abs(a.ranks - b.ranks)
     return {"examples": len(split), "differing": int((diff > 0).sum()), "max_rank_difference": float(diff.max(initial=0))}
+
+
+class Evaluator:
+    """Full-ranking, tie-aware evaluation that any model or score function can use (after OGB's
+    `Evaluator`): the target is ranked against every item 1..n_items, ties count as a uniformly random
+    order, and the metrics are HR@K, MRR@K and NDCG@K (x100) averaged over examples.
+
+    >>> ev = Evaluator(n_items=3, ks=(1, 2))
+    >>> ev.eval(torch.tensor([[0.1, 0.9, 0.5]]), torch.tensor([2]))["HR@1"]
+    100.0
+
+    Args:
+        n_items: the catalogue size; scores are [B, n_items] for items 1..n_items, targets in 1..n_items.
+        ks: the cut-offs K.
+    """
+
+    def __init__(self, n_items: int, ks=KS):
+        if n_items < 1:
+            raise ValueError(f"n_items must be at least 1, not {n_items}")
+        self.n_items, self.ks = int(n_items), tuple(int(k) for k in ks)
+
+    def ranks(self, scores: torch.Tensor, target: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(optimistic, pessimistic) rank of each target; a non-finite target score ranks last."""
+        scores, target = torch.as_tensor(scores), torch.as_tensor(target, dtype=torch.long)
+        if scores.dim() != 2 or scores.shape[1] != self.n_items or target.shape != (scores.shape[0],):
+            raise ValueError(f"expected scores [B, {self.n_items}] and targets [B], got {tuple(scores.shape)} "
+                             f"and {tuple(target.shape)}")
+        if len(target) and (int(target.min()) < 1 or int(target.max()) > self.n_items):
+            raise ValueError(f"targets must lie in 1..{self.n_items}")
+        greater, equal, finite = rank_counts(lambda c0, c1: scores[:, c0:c1], target - 1, self.n_items,
+                                             self.n_items)
+        worst = torch.full_like(greater, self.n_items)
+        opt = torch.where(finite, 1 + greater, worst)
+        return opt.cpu().numpy(), torch.where(finite, opt + equal, worst).cpu().numpy()
+
+    def eval(self, scores: torch.Tensor, target: torch.Tensor) -> dict:
+        """Metrics of a [B, n_items] score matrix against targets [B] (one batch or a whole split)."""
+        return metrics_from_ranks(*self.ranks(scores, target), self.ks, self.n_items)
+
+    def eval_split(self, model, split, batch_size: int = 500, device: str = "cpu") -> EvalResult:
+        """Rank every example of a `Split` with `model`: an `SBRModel`, a counting baseline, or any
+        function batch -> [B, n_items] scores (batches as `sbr_bench.data.graphs.collate_examples` makes)."""
+        if not hasattr(model, "eval"):
+            model = _ScoreFunction(model)
+        return evaluate(model, split, self.n_items, batch_size=batch_size, device=device, ks=self.ks)
+
+
+class _ScoreFunction:
+    """A plain score function seen as a model (`evaluate` calls `eval()` and `forward(batch)`)."""
+
+    def __init__(self, fn):
+        self.fn, self.training = fn, False
+
+    def eval(self):
+        return self
+
+    def __call__(self, batch):
+        return self.fn(batch)

@@ -180,7 +180,7 @@ def profile_model(name: str, cfg: dict, dataset, device, seed: int = 0, determin
     its timing row: phases, examples/s, peak memory, the scoring bound and train time / bound."""
     from .models.registry import build_model
     from .runs import Run
-    from .train import TrainingFailed, seed_everything, train_model
+    from .training import TrainingFailed, seed_everything, train_model
 
     device = torch.device(device)
     row: dict = {"model": name, "device": str(device), "threads": torch.get_num_threads()}

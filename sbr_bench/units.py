@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from .errors import UserError
+from .errors import ConfigError
 
 
 def load_dataset(spec: dict):
@@ -17,8 +17,8 @@ def load_dataset(spec: dict):
                    valid_fraction=spec.get("valid_fraction", 0.1), **spec.get("params", {}))
     for split in ("train", "valid", "test"):
         if len(getattr(dataset, split)) == 0:
-            raise UserError(f"--dataset {spec['name']}: the {split} split has no examples"
-                            + (" (raise --valid-fraction)" if split == "valid" else ""))
+            raise ConfigError("dataset.name", f"the {split} split has no examples"
+                              + (" (raise dataset.valid_fraction)" if split == "valid" else ""), spec["name"])
     return dataset
 
 
@@ -28,7 +28,7 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
     from .io import write_text
     from .models.registry import build_model
     from .runs import RecordError, selection_of
-    from .train import TrainingFailed, seed_everything, train_model
+    from .training import TrainingFailed, seed_everything, train_model
 
     unit = run_dir.unit(name, seed)
     if unit.is_finished():

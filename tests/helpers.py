@@ -7,7 +7,7 @@ import torch
 from sbr_bench.evaluate import evaluate
 from sbr_bench.models.registry import build_model
 from sbr_bench.runs import Run
-from sbr_bench.train import train_model
+from sbr_bench.training import train_model
 
 
 def test_hr20(model, dataset) -> float:

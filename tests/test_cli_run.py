@@ -1,12 +1,11 @@
 """`sbr-bench run` end to end on synthetic:tiny with small stand-in models (registered for the test)."""
 
-import argparse
 
 import pytest
 from torch_geometric.utils import scatter
 
 from sbr_bench import cli
-from sbr_bench.commands import run as run_cmd
+from sbr_bench.experiment import DEFAULT_EPOCH_CAPS, Experiment
 from sbr_bench.io import read_json
 from sbr_bench.models import registry
 from sbr_bench.models.base import DotScorer, EmbeddingEncoder, Readout
@@ -75,7 +74,7 @@ TINY = ["--dataset", "synthetic:tiny"]
 
 @pytest.mark.parametrize("args, message", [
     (TINY + ["--models", "meanpool", "--set", "nosuchkey=1"], "nosuchkey"),
-    (TINY + ["--models", "meanpool", "--set", "other.lr=1"], "not among --models"),
+    (TINY + ["--models", "meanpool", "--set", "other.lr=1"], "not among the models"),
     (TINY + ["--models", "nosuchmodel"], "unknown model"),
     (TINY + ["--models", "meanpool", "--seeds", "0"], "at least one seed"),
     (["--resume", "nosuchrun"], "no run found"),
@@ -109,12 +108,12 @@ def test_profile_table_has_throughput_memory_and_scoring_bound(tmp_path, capsys)
 
 
 def test_epoch_default_is_capped_on_synthetic_and_explicit_settings_win():
-    args = argparse.Namespace(set=["meanpool.lr=0.5"], epochs=None, batch_size=None)
-    cfg = run_cmd.model_configs(["meanpool"], args, "synthetic-tiny")["meanpool"]
-    assert cfg["epochs"] == run_cmd.DEFAULT_EPOCH_CAPS["synthetic"] and cfg["lr"] == 0.5
-    assert run_cmd.model_configs(["meanpool"], args, "diginetica")["meanpool"]["epochs"] == 30
-    explicit = argparse.Namespace(set=["epochs=7"], epochs=None, batch_size=64)
-    cfg = run_cmd.model_configs(["meanpool"], explicit, "synthetic")["meanpool"]
+    scoped = Experiment(models=["meanpool"], model_overrides={"meanpool": {"lr": 0.5}})
+    cfg = scoped.model_configs(["meanpool"], "synthetic-tiny")["meanpool"]
+    assert cfg["epochs"] == DEFAULT_EPOCH_CAPS["synthetic"] and cfg["lr"] == 0.5
+    assert scoped.model_configs(["meanpool"], "diginetica")["meanpool"]["epochs"] == 30
+    explicit = Experiment(models=["meanpool"], overrides={"epochs": 7}, batch_size=64)
+    cfg = explicit.model_configs(["meanpool"], "synthetic")["meanpool"]
     assert cfg["epochs"] == 7 and cfg["batch_size"] == 64
 
 

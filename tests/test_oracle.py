@@ -107,7 +107,7 @@ def _top_mass(p, scores, k=20):
 def test_oracle_is_the_ceiling_on_tiny(tiny, tmp_path):
     from sbr_bench.models.registry import build_model
     from sbr_bench.runs import Run
-    from sbr_bench.train import train_model
+    from sbr_bench.training import train_model
 
     summaries, models = {}, {}
     for name, cfg in (("oracle", dict(synthetic_size="tiny", synthetic_seed=0)), ("pop", {}), ("sknn", {})):

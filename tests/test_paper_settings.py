@@ -1,29 +1,23 @@
 """Paper settings: Table 3 at equal d, compositions normalise embeddings before the encoder, the -IP
 ablation over all windows, and SparseVD's variational parameters free of weight decay."""
 
-import argparse
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from sbr_bench.commands import run as run_cmd
+from sbr_bench.experiment import Experiment
 from sbr_bench.models.base import Encoded, NormalisedInput
 from sbr_bench.models.registry import TABLE3, TABLE3_DIM, build_model
 from sbr_bench.sparsevd import PRESETS, SparseVD, SparseVDModel
-from sbr_bench.train import make_optimizer
-
-
-def _args(**kw):
-    base = dict(models=None, set=[], epochs=None, batch_size=None)
-    return argparse.Namespace(**dict(base, **kw))
+from sbr_bench.training import make_optimizer
 
 
 def test_table3_runs_both_sides_at_the_papers_dimension():
-    configs = run_cmd.model_configs(TABLE3, _args(models="table3"), "synthetic:tiny")
+    configs = Experiment(models="table3").model_configs(TABLE3, "synthetic:tiny")
     assert {name: cfg["dim"] for name, cfg in configs.items()} == {name: TABLE3_DIM for name in TABLE3}
-    # an explicit --set dim wins, still equal on both sides
-    configs = run_cmd.model_configs(TABLE3, _args(models="table3", set=["dim=128"]), "synthetic:tiny")
+    # an explicit dim wins, still equal on both sides
+    configs = Experiment(models="table3", overrides={"dim": 128}).model_configs(TABLE3, "synthetic:tiny")
     assert {cfg["dim"] for cfg in configs.values()} == {128}
 
 
@@ -96,7 +90,7 @@ def test_a_composed_dhcn_sees_new_weights_after_a_reload(tiny):
     import numpy as np
 
     from sbr_bench.data.graphs import collate_examples
-    from sbr_bench.train import seed_everything
+    from sbr_bench.training import seed_everything
 
     seed_everything(0)
     model, _ = build_model("dhcn+attenmixer", tiny.n_items, {"dim": 16, "heads": 2})

@@ -14,7 +14,7 @@ from torch_geometric.utils import scatter
 from sbr_bench.io import read_json, read_jsonl
 from sbr_bench.models.base import DotScorer, EmbeddingEncoder, Readout, SBRModel
 from sbr_bench.runs import Run
-from sbr_bench.train import seed_everything, train_model
+from sbr_bench.training import seed_everything, train_model
 
 CFG = dict(dim=16, batch_size=50, lr=0.01, l2=1e-5, lr_step=1, lr_decay=0.5, epochs=3, patience=3,
            optimizer="adam", dropout=0.0)

@@ -238,9 +238,9 @@ def test_fresh_run_does_not_adopt_leftover_units(tmp_path, capsys):
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, capsys):
-    from sbr_bench.commands.run import load_dataset
+    from sbr_bench.units import load_dataset
     from sbr_bench.io import write_json
-    from sbr_bench.train import _Trainer
+    from sbr_bench.training import _Trainer
 
     assert run(tmp_path, *FRESH, "--run-id", "r") == 0
     root = tmp_path / "runs" / "r"
@@ -261,7 +261,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, capsys):
 
 
 def test_restore_refuses_a_changed_cfg(tiny, tmp_path):
-    from sbr_bench.train import _Trainer
+    from sbr_bench.training import _Trainer
 
     def trainer(cfg):
         model, cfg = registry.build_model("meanpool", tiny.n_items, cfg)

@@ -9,7 +9,7 @@ from sbr_bench import evaluate as ev
 from sbr_bench.io import read_json
 from sbr_bench.models.baselines import Popularity as Pop
 from sbr_bench.runs import Run, RunDir, collect_results, results_markdown, results_text
-from sbr_bench.train import train_model
+from sbr_bench.training import train_model
 
 from test_train import CFG, CountingEvaluate, mean_model
 

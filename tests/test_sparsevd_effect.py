@@ -13,7 +13,7 @@ from sbr_bench.io import read_json
 from sbr_bench.models.registry import build_model
 from sbr_bench.runs import Run
 from sbr_bench.sparsevd import PRESETS, LinearSVDO, SparseVD, SparseVDModel, kl_weight
-from sbr_bench.train import seed_everything, train_model
+from sbr_bench.training import seed_everything, train_model
 
 SRGNN_GROUPS = {"gnn.propagation", "gnn.gate_ih", "gnn.gate_hh", "readout.query", "readout.key",
                 "readout.other", "readout.transform"}

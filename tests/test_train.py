@@ -9,7 +9,7 @@ from sbr_bench import evaluate as ev
 from sbr_bench.data.sessions import Split
 from sbr_bench.models.base import DotScorer, EmbeddingEncoder, Readout, SBRModel
 from sbr_bench.runs import Run
-from sbr_bench.train import TrainingFailed, evaluate_split, seed_everything, train_model
+from sbr_bench.training import TrainingFailed, evaluate_split, seed_everything, train_model
 
 CFG = dict(dim=16, batch_size=100, lr=0.01, l2=0.0, lr_step=3, lr_decay=0.1, epochs=2, patience=3,
            optimizer="adam", dropout=0.0)

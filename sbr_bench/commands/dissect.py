@@ -3,13 +3,16 @@ weight groups stays (paper Section 3, Figure 3)."""
 
 from __future__ import annotations
 
+import shlex
+import sys
+
+from .options import add_dataset_arguments, add_set_argument, data_config, split_sets
+
 HELP = "train a model with SparseVD and record the density of each weight group (paper Figure 3)"
 
 
 def add_arguments(p) -> None:
     from ..sparsevd import PRESETS
-
-    from .run import add_dataset_arguments
 
     p.add_argument("--model", default="srgnn", help="model name or ENCODER+READOUT (default: srgnn)")
     add_dataset_arguments(p)
@@ -24,48 +27,48 @@ def add_arguments(p) -> None:
     p.add_argument("--paths", default="", help="extra comma-separated nn.Linear module paths to convert")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--epochs", type=int, help="epochs (default: the model's own, capped at 5 on synthetic)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model config key")
+    add_set_argument(p, "override a model config key (repeatable)")
     p.add_argument("--device", default="auto")
     p.add_argument("--run-id")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted dissection run")
     p.add_argument("--no-progress", action="store_true")
 
 
-def _config(args, dataset) -> dict:
+def experiment_of(args):
+    """The `Experiment` of a dissection: one model, validation selection, the preset's l2 and batch size
+    unless --set gives them."""
     from ..errors import UserError
-    from ..models.registry import BaselineSpec, model_config, spec_for
-    from ..runs import dataset_fingerprint
+    from ..experiment import Experiment
+    from ..models.registry import BaselineSpec, spec_for
     from ..sparsevd import PRESETS
-    from .run import DEFAULT_CHECKPOINT_EVERY, check_models_build, dataset_spec, epoch_cap, parse_sets
 
     if isinstance(spec_for(args.model), BaselineSpec):
         raise UserError(f"--model {args.model}: a counting baseline has no weights to dissect")
+    preset = PRESETS[args.preset]
+    common, scoped = split_sets(args.set)
+    overrides = {**common, **scoped.pop(args.model, {})}
+    if scoped:
+        raise UserError(f"--set {next(iter(scoped))}.KEY=...: only --model {args.model} is dissected")
+    for key in ("weight_decay", "batch_size"):
+        if preset.get(key) is not None:
+            overrides.setdefault("l2" if key == "weight_decay" else key, preset[key])
+    return Experiment(models=[args.model], dataset=data_config(args), seeds=args.seeds, epochs=args.epochs,
+                      model_overrides={args.model: overrides}, selection="valid", device=args.device,
+                      runs_dir=args.runs_dir, run_id=args.run_id)
+
+
+def _config(args, experiment, dataset) -> dict:
+    from ..sparsevd import PRESETS
+
     preset = dict(PRESETS[args.preset], name=args.preset)
     if args.threshold is not None:
         preset["threshold"] = args.threshold
     if args.decay_variational_compat:
         preset["decay_variational"] = True
-    global_sets, scoped = parse_sets(args.set, [args.model])
-    overrides = {**global_sets, **scoped.get(args.model, {})}
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    if preset.get("weight_decay") is not None:
-        overrides.setdefault("l2", preset["weight_decay"])
-    if preset.get("batch_size") is not None:
-        overrides.setdefault("batch_size", preset["batch_size"])
-    cfg = model_config(args.model, overrides)
-    cap = epoch_cap(dataset.name)
-    if cap and "epochs" not in overrides:
-        cfg["epochs"] = min(int(cfg["epochs"]), cap)
-    check_models_build({args.model: cfg}, dataset)
-    return {
-        "kind": "dissect", "models": [args.model], "cfg": {args.model: cfg}, "seeds": list(range(args.seeds)),
-        "sparsevd": dict(preset, log_every=args.log_every, paths=[p for p in args.paths.split(",") if p]),
-        "dataset": dict(dataset_spec(args), resolved_name=dataset.name, meta=dataset.meta,
-                        fingerprint=dataset_fingerprint(dataset), stats=dataset.stats()),
-        "device": args.device, "deterministic": False, "selection": "valid",
-        "checkpoint_every": DEFAULT_CHECKPOINT_EVERY,
-    }
+    config = experiment.plan(dataset, command=shlex.join(["sbr-bench"] + sys.argv[1:]))
+    config.update(kind="dissect", sparsevd=dict(preset, log_every=args.log_every,
+                                                paths=[p for p in args.paths.split(",") if p]))
+    return config
 
 
 def dissect_unit(run_dir, config, dataset, seed, device, progress) -> dict:
@@ -74,7 +77,7 @@ def dissect_unit(run_dir, config, dataset, seed, device, progress) -> dict:
     from ..io import write_json
     from ..models.registry import build_model
     from ..sparsevd import SparseVD, SparseVDModel
-    from ..train import TrainingFailed, seed_everything, train_model
+    from ..training import TrainingFailed, seed_everything, train_model
 
     name = config["models"][0]
     cfg, sv = config["cfg"][name], config["sparsevd"]
@@ -105,22 +108,30 @@ def main(args) -> int:
     from ..env import environment
     from ..errors import UserError
     from ..runs import RunDir, dataset_fingerprint, new_run_id
-    from ..train import resolve_device
-    from .run import dataset_spec, load_dataset
+    from ..training import resolve_device
+    from ..units import load_dataset
 
     if args.resume:
-        run_dir = RunDir.open(args.resume, args.runs_dir)
+        run_dir = RunDir.open(args.resume, args.runs_dir).lock(f"--resume {args.resume}")
         config = run_dir.config()
         dataset = load_dataset(config["dataset"])
         if dataset_fingerprint(dataset) != config["dataset"]["fingerprint"]:
             raise UserError(f"--resume {args.resume}: the dataset differs from the one this run started with")
     else:
-        dataset = load_dataset(dataset_spec(args))
-        config = _config(args, dataset)
-        run_dir = RunDir.create(args.runs_dir, args.run_id or "dissect-" + new_run_id(config), config, environment())
-    device = resolve_device(args.device)
+        experiment = experiment_of(args)
+        dataset = experiment.load_dataset()
+        config = _config(args, experiment, dataset)
+        run_id = args.run_id or "dissect-" + new_run_id(config)
+        run_dir = RunDir.create(args.runs_dir, run_id, config, environment(), lock=True)
+    try:
+        return _dissect(run_dir, config, dataset, resolve_device(args.device), not args.no_progress)
+    finally:
+        run_dir.unlock()
+
+
+def _dissect(run_dir, config, dataset, device, progress: bool) -> int:
     for seed in config["seeds"]:
-        dissect_unit(run_dir, config, dataset, seed, device, not args.no_progress)
+        dissect_unit(run_dir, config, dataset, seed, device, progress)
     run_dir.write_results()
     name = config["models"][0]
     print(f"density per weight group of {name} (kept / total weights, log alpha < {config['sparsevd']['threshold']}):")

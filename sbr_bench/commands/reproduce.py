@@ -8,10 +8,10 @@ the published numbers, written to `<prefix>.md` and `<prefix>.json`.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from .options import split_sets
 
 HELP = "run models in a paper's setting and print ours next to its published numbers (literature and refit)"
 ANCHORS = ("pop", "spop", "sknn")
@@ -63,35 +63,22 @@ def plan(args, ref) -> tuple[list[str], str, dict]:
     return models, data, entry
 
 
-def run_argv(args, ref, models, data, selection: str, run_id: str) -> list[str]:
-    """The `sbr-bench run` arguments of one of the two runs (a resume if the folder exists)."""
-    common = ["--runs-dir", args.runs_dir, "--data-dir", args.data_dir]
-    common += [f"--{flag}={value}" for flag, value in (("device", args.device), ("threads", args.threads))
-               if value is not None]
-    common += ["--no-progress"] if args.no_progress else []
-    if (Path(args.runs_dir) / run_id / "config.json").exists():
-        _check_same(args, models, Path(args.runs_dir) / run_id)
-        return ["--resume", run_id] + common
+def experiment(args, ref, models, data, selection: str, run_id: str):
+    """The `Experiment` of one of the two runs: the paper's setting, then the --set overrides."""
+    from ..experiment import DataConfig, Experiment
     from ..models.registry import model_config
 
     setting = dict(ref.setting)
-    argv = ["--models", ",".join(models), "--dataset", data, "--selection", selection, "--run-id", run_id,
-            "--seeds", str(args.seeds)] + common
-    if "valid_fraction" in setting:
-        argv += ["--valid-fraction", str(setting.pop("valid_fraction"))]
-    if "batch_size" in setting:
-        argv += ["--batch-size", str(setting.pop("batch_size"))]
-    if args.epochs is not None:
-        argv += ["--epochs", str(args.epochs)]
-    trainable = [m for m in models if "patience" in model_config(m)]
-    for key, value in setting.items():
-        if any(key in model_config(m) for m in models):
-            argv += ["--set", f"{key}={value}"]
-    for item in args.set:
-        argv += ["--set", item]
-    if selection == "literature" and trainable:  # last, so it wins: the whole trajectory, every epoch the
-        argv += ["--set", "patience=0"]          # valid run may choose is in it
-    return argv
+    dataset = DataConfig(name=data, data_dir=args.data_dir, valid_fraction=setting.pop("valid_fraction", 0.1))
+    batch_size = setting.pop("batch_size", None)
+    overrides = {k: v for k, v in setting.items() if any(k in model_config(m) for m in models)}
+    common, scoped = split_sets(args.set)
+    overrides.update(common)
+    if selection == "literature" and any("patience" in model_config(m) for m in models):
+        overrides["patience"] = 0  # last, so it wins: the whole trajectory, every epoch the valid run may choose
+    return Experiment(models=models, dataset=dataset, seeds=args.seeds, epochs=args.epochs, batch_size=batch_size,
+                      overrides=overrides, model_overrides=scoped, selection=selection,
+                      device=args.device or "auto", runs_dir=args.runs_dir, run_id=run_id)
 
 
 def _check_same(args, models, run_path) -> None:
@@ -105,21 +92,29 @@ def _check_same(args, models, run_path) -> None:
 
 
 def main(args) -> int:
+    from ..experiment import resume
     from ..references import load_reference
-    from . import run
-
     from ..report.published import comparison, comparison_markdown
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     ref = load_reference(args.paper)
     models, data, entry = plan(args, ref)
     prefix = args.prefix or f"reproduce-{args.paper}-{args.dataset}"
+    progress = not args.no_progress
     for selection in ("valid", "literature"):
-        parser = argparse.ArgumentParser(prog=f"sbr-bench reproduce ({selection} run)")
-        run.add_arguments(parser)
-        argv = run_argv(args, ref, models, data, selection, f"{prefix}-{selection}")
-        print(f"== {selection} run: sbr-bench run {' '.join(argv)}", flush=True)
-        if run.main(parser.parse_args(argv)) != 0:
-            raise UserError(f"the {selection} run {prefix}-{selection} trained no model; see its results.md")
+        run_id = f"{prefix}-{selection}"
+        if (Path(args.runs_dir) / run_id / "config.json").exists():
+            _check_same(args, models, Path(args.runs_dir) / run_id)
+            print(f"== {selection} run: resuming {Path(args.runs_dir) / run_id}", flush=True)
+            results = resume(run_id, args.runs_dir, args.device, progress=progress)
+        else:
+            print(f"== {selection} run: {Path(args.runs_dir) / run_id}", flush=True)
+            results = experiment(args, ref, models, data, selection, run_id).run(progress)
+        if not any(m["seeds_ok"] for m in results.summary["models"].values()):
+            raise UserError(f"the {selection} run {run_id} trained no model; see its results.md")
     table = comparison(ref, args.dataset, Path(args.runs_dir) / f"{prefix}-valid", Path(args.runs_dir) / f"{prefix}-literature")
     text = comparison_markdown(table, ref, args.dataset, entry)
     from ..io import write_json, write_text

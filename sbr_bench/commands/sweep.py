@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .run import add_dataset_arguments, add_selection_argument
+from .options import add_dataset_arguments, add_selection_argument, data_config, parse_value, split_sets
 
 HELP = "run a grid of models x datasets x parameter values x seeds (each point a normal run; resumable; Ray optional)"
 
@@ -89,10 +88,7 @@ def parse_values(text: str, flag: str | None = None) -> list:
     for part in (x.strip() for x in text.split(",")):
         if not part:
             continue
-        try:
-            value = json.loads(part)
-        except json.JSONDecodeError:
-            value = part
+        value = parse_value(part)
         if value not in values:
             values.append(value)
     if not values:
@@ -192,57 +188,61 @@ def plan(args) -> tuple[str, list[Point]]:
     return sweep_id, points
 
 
-def point_args(args, point: Point) -> argparse.Namespace:
-    """The `run` arguments of one grid point."""
+def point_experiment(args, point: Point):
+    """The `Experiment` of one grid point: its model, dataset and parameter values, the fixed --set
+    overrides that apply to its model, and the sweep's seeds, epochs and selection."""
+    import dataclasses
+
+    from ..experiment import DEFAULT_CHECKPOINT_EVERY, Experiment
     from ..models.registry import model_config
+    from ..runs import DEFAULT_SELECTION
 
     own = model_config(point.model)
-    sets = []
-    for item in args.set:  # fixed overrides that apply to this point's model
-        key = item.partition("=")[0]
-        scope, dot, name = key.rpartition(".")
-        if (dot and scope == point.model) or (not dot and name in own):
-            sets.append(f"{name}={item.partition('=')[2]}")
-    sets += [f"{k}={json.dumps(v)}" for k, v in point.params.items()]
-    return argparse.Namespace(
-        models=point.model, dataset=point.dataset, data_dir=args.data_dir, protocol=args.protocol,
-        valid_fraction=args.valid_fraction, protocol_param=args.protocol_param, runs_dir=args.runs_dir,
-        seeds=args.seeds, seed_list=None, epochs=args.epochs, device=args.device, batch_size=None, set=sets,
-        run_id=None, resume=None, checkpoint_every=args.checkpoint_every, deterministic=False,
-        no_progress=args.no_progress, profile=False, selection=args.selection)
+    common, scoped = split_sets(args.set)
+    return Experiment(
+        models=[point.model], dataset=dataclasses.replace(data_config(args), name=point.dataset),
+        seeds=args.seeds, epochs=args.epochs, overrides={k: v for k, v in common.items() if k in own},
+        model_overrides={point.model: dict(scoped.get(point.model, {}), **point.params)},
+        selection=args.selection or DEFAULT_SELECTION, device=args.device, runs_dir=args.runs_dir,
+        checkpoint_every=DEFAULT_CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every)
 
 
 def _check_sets(args, models: list[str]) -> None:
     """A fixed --set must apply to some model of the sweep (as in `run`)."""
     from ..models.registry import model_config
-    from .run import parse_key_values
 
-    for key, _ in parse_key_values(args.set, "--set"):
-        scope, dot, name = key.rpartition(".")
-        if dot and scope not in models:
-            raise UserError(f"--set {key}=...: model '{scope}' is not among the sweep's models ({', '.join(models)})")
-        if not any(name in model_config(m) for m in ([scope] if dot else models)):
-            raise UserError(f"--set {key}=...: no model of the sweep has the parameter '{name}'")
+    common, scoped = split_sets(args.set)
+    for scope, params in [(None, common), *scoped.items()]:
+        if scope is not None and scope not in models:
+            raise UserError(f"--set {scope}.{next(iter(params))}=...: model '{scope}' is not among the sweep's "
+                            f"models ({', '.join(models)})")
+        for name in params:
+            if not any(name in model_config(m) for m in ([scope] if scope else models)):
+                raise UserError(f"--set {name}=...: no model of the sweep has the parameter '{name}'")
 
 
 def prepare(args, points: list[Point], sweep_id: str) -> list[tuple[Point, object, dict]]:
     """Create the run folder of every new point (config.json, env.json) and check that every existing one
     was started with the same settings; (point, RunDir, config) each."""
+    import shlex
+    import sys
+
     from ..engines import cached_dataset
     from ..env import environment
+    from ..experiment import write_experiment
     from ..runs import RunDir, selection_of
-    from .run import dataset_spec, new_config
 
     prepared = []
     for point in points:
-        pargs = point_args(args, point)
-        dataset, _ = cached_dataset(dataset_spec(pargs))
-        config = new_config(pargs, dataset)
+        experiment = point_experiment(args, point)
+        dataset, _ = cached_dataset(experiment.dataset.spec())
+        config = experiment.plan(dataset, command=shlex.join(["sbr-bench"] + sys.argv[1:]))
         config["sweep"] = point.sweep_record(sweep_id)
         label = ", ".join([point.model, point.dataset] + [f"{k}={v}" for k, v in point.params.items()])
         path = Path(args.runs_dir) / point.run_id
         if not (path / "config.json").exists():
             run_dir = RunDir.create(args.runs_dir, point.run_id, config, environment())
+            write_experiment(run_dir, experiment, config)
             print(f"point {label}: {run_dir.path}")
         else:  # continue it, but only with the same settings: a sweep must not mix configurations
             run_dir = RunDir(path)
@@ -279,7 +279,7 @@ def check_engine_args(args) -> None:
 def main(args) -> int:
     from ..engines import Unit, import_ray, run_local, run_ray
     from ..runs import format_table, headline_header, selection_caption, selection_of
-    from ..train import resolve_device
+    from ..training import resolve_device
 
     check_engine_args(args)
     if args.engine == "ray":
@@ -314,7 +314,7 @@ def main(args) -> int:
     n_units = sum(len(config["seeds"]) for _, _, config in prepared)
     print(f"sweep {sweep_id}: {len(prepared)} point(s), {n_units} unit(s), {len(units)} to train "
           f"(engine {args.engine})", flush=True)
-    data_dir = str(Path(args.data_dir).resolve())
+    data_dir = str(Path(data_config(args).data_dir).resolve())
     try:
         if units and args.engine == "ray":
             run_ray(units, data_dir, device, args.address, args.cpus_per_task, args.gpus_per_task, args.max_retries)

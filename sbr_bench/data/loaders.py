@@ -37,7 +37,6 @@ from ..errors import DataFormatError, UserError
 from .readers import regular_file
 from .sessions import Sessions, Split
 
-LAYOUTS = ("srgnn", "lessr", "sessionrec", "clicklog")
 EXPECTED = (
     "SR-GNN pickles (all_train_seq.txt and/or train.txt, plus test.txt), "
     "LESSR text (train.txt, test.txt, optional valid.txt and num_items.txt), "

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from ..data.sessions import slice_gather
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from .base import DotScorer, Encoded, Encoder, Readout
 from .registry import ModelSpec
 
@@ -70,7 +70,7 @@ SSL_REDUCTIONS = ("mean", "sum")
 
 def _check_choice(key: str, value, choices) -> None:
     if value not in choices:
-        raise UserError(f"--set {key}={value}: DHCN accepts {key} in {', '.join(choices)}")
+        raise ConfigError(f"overrides.{key}", f"DHCN accepts {key} in {', '.join(choices)}", value)
 
 
 def hyperedge_items(train, hyperedges: str = "sessions") -> tuple[np.ndarray, np.ndarray]:

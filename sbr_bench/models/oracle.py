@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.sessions import Split
-from ..errors import UserError
+from ..errors import ConfigError
 from .registry import BaselineSpec
 
 MAX_SETS = 20_000  # intent sets enumerated at most (C = 48 concepts); beyond, scoring gets slow
@@ -114,8 +114,8 @@ class SyntheticOracle(nn.Module):
         truth = synthetic_truth(self.size, self.seed)
         head = train.sessions[0].tolist() if len(train.sessions) else []
         if len(truth.ids) != self.n_items or head != truth.train_head[: len(head)] or not head:
-            raise UserError(f"--models oracle: the data are not synthetic:{self.size} with seed {self.seed} "
-                            "(cfg synthetic_size/synthetic_seed must name the dataset being evaluated)")
+            raise ConfigError("models", f"oracle: the data are not synthetic:{self.size} with seed {self.seed} "
+                              "(cfg synthetic_size/synthetic_seed must name the dataset being evaluated)")
         return self.use_truth(truth)
 
     def use_truth(self, truth) -> "SyntheticOracle":

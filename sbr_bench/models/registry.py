@@ -4,19 +4,26 @@
 - `build_model("srgnn+attenmixer", n_items)` composes SR-GNN's encoder with Atten-Mixer's readout and
   scorer (paper Table 3): training defaults come from the encoder's model, readout parameters from
   the readout's model;
-- `resolve_names("all")` lists every named model; `"table3"` lists the compositions of paper Table 3.
+- `resolve_names("all")` lists every model but ablations and synthetic-only ones; `"table3"` lists the
+  compositions of paper Table 3.
 
-Each model module defines `SPECS = {name: ModelSpec(...) or BaselineSpec(...)}`.
+Built-in model modules define `SPECS = {name: ModelSpec(...) or BaselineSpec(...)}`. Other code adds
+models with `register_model` (also as a decorator); other packages declare a module in the entry-point
+group `sbr_bench.models`, which is imported (and so registers its models) the first time models are listed.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import sys
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Callable
 
-from ..errors import UserError
+from ..errors import ConfigError
+
+ENTRY_POINT_GROUP = "sbr_bench.models"
 
 # Training defaults shared by the reference code bases (SR-GNN lineage); each spec overrides its own.
 TRAIN_DEFAULTS = dict(
@@ -59,6 +66,8 @@ class ModelSpec:
     # How a composition ENCODER+READOUT prepares item embeddings before the encoder (`input_norm`,
     # `input_dropout`, see base.NormalisedInput): the readout's spec sets it, the encoder's may refine it.
     composed_input: dict = field(default_factory=dict)
+    ablation: bool = False  # a variant of another model (paper Table 4): named explicitly, not in "all"
+    source: str = ""  # where the model and its defaults are defined (set on registration)
 
 
 @dataclass
@@ -68,30 +77,119 @@ class BaselineSpec:
     build: Callable
     defaults: dict = field(default_factory=dict)
     doc: str = ""
+    ablation: bool = False
+    source: str = ""
 
 
 _SPECS: dict | None = None
+_REGISTERED: dict = {}  # register_model calls, kept apart so that they survive the first `specs()`
+
+
+def register_model(name: str, spec: ModelSpec | BaselineSpec | None = None, *, readout=None, scorer=None,
+                   defaults: dict | None = None, readout_params: tuple = (), doc: str = ""):
+    """Register a model under `name`, for `--models`, `models list`, compositions and reports.
+
+    Called with a spec: `register_model("mine", ModelSpec(encoder=..., readout=..., scorer=...))`. As a
+    decorator of an `Encoder` class taking `(n_items, cfg)`, with `readout` (a factory taking `cfg`) and
+    optionally `scorer` (default: dot products), or of a counting class taking `(n_items, cfg)` that has
+    `trainable = False`, `fit(split)` and `forward(batch) -> [B, n_items]` scores.
+
+    Args:
+        name: the model's name; letters, digits and `_` (`+` composes models, `-` marks variants).
+        defaults: the model's parameters and their defaults; a neural model also has `TRAIN_DEFAULTS`.
+        doc: one line for `models list`.
+    Returns:
+        The spec (direct call) or the decorated class, unchanged.
+    Raises:
+        ValueError: the name is taken or malformed.
+    """
+    if not name or not all(c.isalnum() or c in "_-" for c in name) or name[0] == "-":
+        raise ValueError(f"model name {name!r}: use letters, digits, '_' and '-'")
+    if name in _REGISTERED or name in (_SPECS or {}):
+        raise ValueError(f"model name {name!r} is already registered ({_source_of(name)})")
+
+    def add(made):
+        made.source = made.source or _caller_module()
+        _REGISTERED[name] = made
+        if _SPECS is not None:
+            _SPECS[name] = made
+        return made
+
+    if spec is not None:
+        return add(spec)
+
+    def decorate(cls):
+        from .scoring import DotScorer
+
+        if getattr(cls, "trainable", True) is False:
+            add(BaselineSpec(build=cls, defaults=dict(defaults or {}), doc=doc, source=cls.__module__))
+        else:
+            if readout is None:
+                raise ValueError(f"register_model({name!r}): an encoder needs `readout=` (a factory taking cfg)")
+            add(ModelSpec(encoder=cls, readout=readout, scorer=scorer or (lambda cfg: DotScorer()),
+                          defaults=dict(defaults or {}), readout_params=tuple(readout_params), doc=doc,
+                          source=cls.__module__))
+        return cls
+
+    return decorate
+
+
+def _caller_module() -> str:
+    frame = sys._getframe(3)  # register_model's caller (add <- register_model <- caller)
+    return frame.f_globals.get("__name__", "")
+
+
+def _source_of(name: str) -> str:
+    spec = _REGISTERED.get(name) or (_SPECS or {}).get(name)
+    return spec.source if spec is not None and spec.source else "built in"
 
 
 def specs() -> dict:
+    """Every known model: the built-ins, then those registered by code and by installed plugins."""
     global _SPECS
     if _SPECS is None:
         found = {}
         for mod_name in MODEL_MODULES:
-            found.update(importlib.import_module(mod_name).SPECS)
+            for name, spec in importlib.import_module(mod_name).SPECS.items():
+                spec.source = spec.source or mod_name
+                found[name] = spec
         _SPECS = found
+        _load_plugins()
+        for name, spec in _REGISTERED.items():
+            if name in found and found[name] is not spec:
+                raise ValueError(f"model name {name!r} from {spec.source} is already a built-in model")
+            found[name] = spec
     return _SPECS
 
 
-def resolve_names(text: str, synthetic: bool = False) -> list[str]:
-    """'all' | 'table3' | comma-separated names and encoder+readout compositions. `synthetic`: the data
-    are the built-in synthetic data, where 'all' also includes the oracle (`SYNTHETIC_ONLY`), last."""
+def _load_plugins() -> None:
+    """Import every module of the `sbr_bench.models` entry-point group; each registers its models. A
+    plugin that fails to import is skipped with one line on stderr (the built-in models still work)."""
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as e:  # noqa: BLE001 - any error in someone else's package
+            print(f"sbr-bench: plugin {entry.name} ({entry.value}) not loaded: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+
+
+def list_models() -> dict:
+    """{name: one line} of every registered model, built-in and plugin, ablations included."""
+    return {name: spec.doc for name, spec in specs().items()}
+
+
+def resolve_names(text, synthetic: bool = False) -> list[str]:
+    """'all' | 'table3' | names and encoder+readout compositions (a comma-separated string or a list).
+    'all' is every model but ablation variants and `SYNTHETIC_ONLY` ones; with `synthetic` (the data
+    are the built-in synthetic data) it also includes the oracle, last."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
     names = []
-    for part in [p.strip() for p in text.split(",") if p.strip()]:
+    for part in [p.strip() for p in parts if p.strip()]:
         if part == "all":
             known = specs()
             names += [n for n in TABLE2_ORDER if n in known]
-            names += [n for n in known if n not in TABLE2_ORDER and "-" not in n and n not in SYNTHETIC_ONLY]
+            names += [n for n, s in known.items() if n not in TABLE2_ORDER and not s.ablation
+                      and n not in SYNTHETIC_ONLY]
             names += [n for n in SYNTHETIC_ONLY if synthetic and n in known]
         elif part == "table3":
             names += TABLE3
@@ -102,67 +200,110 @@ def resolve_names(text: str, synthetic: bool = False) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def is_ablation(name: str) -> bool:
+    """Whether `name` is a registered ablation variant (unknown names, e.g. from other versions' runs, are not)."""
+    spec = specs().get(name)
+    return bool(spec is not None and spec.ablation)
+
+
 def spec_for(name: str):
     known = specs()
     if "+" in name:
         enc_name, _, ro_name = name.partition("+")
         for part in (enc_name, ro_name):
             if part not in known or not isinstance(known[part], ModelSpec):
-                raise UserError(f"--models: '{part}' in '{name}' is not a neural model; "
-                                f"known: {', '.join(sorted(n for n, s in known.items() if isinstance(s, ModelSpec)))}")
+                raise ConfigError("models", f"'{part}' in '{name}' is not a neural model; known: "
+                                  f"{', '.join(sorted(n for n, s in known.items() if isinstance(s, ModelSpec)))}")
         enc, ro = known[enc_name], known[ro_name]
         defaults = dict(enc.defaults)
         defaults.update({k: ro.defaults[k] for k in ro.readout_params if k in ro.defaults})
         if ro.composed_input:
             defaults.update(ro.composed_input, **enc.composed_input)
         return ModelSpec(enc.encoder, ro.readout, ro.scorer, defaults, ro.readout_params, enc.init,
-                         doc=f"{enc_name} encoder with the {ro_name} readout")
+                         doc=f"{enc_name} encoder with the {ro_name} readout", source=f"{enc.source} + {ro.source}")
     if name not in known:
-        raise UserError(f"--models: unknown model '{name}'; known: {', '.join(sorted(known))}, "
-                        "or ENCODER+READOUT (e.g. srgnn+attenmixer)")
+        raise ConfigError("models", f"unknown model '{name}'; known: {', '.join(sorted(known))}, "
+                          "or ENCODER+READOUT (e.g. srgnn+attenmixer)")
     return known[name]
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_param(name: str, key: str, value, default):
+    """`value` for parameter `key` of model `name` (default `default`), converted, or a ConfigError:
+    a number where the default is a number, a whole number for counts, a bool for a switch, a string
+    for a choice (a parameter whose default is None or mixed takes any value the model accepts)."""
+    where = f"model_overrides.{name}.{key}"
+    if _number(default):
+        if not _number(value):
+            raise ConfigError(where, f"'{key}' is a number (default {default})", value)
+        if not math.isfinite(value):  # JSON parsing accepts NaN and Infinity
+            raise ConfigError(where, f"'{key}' must be a finite number", value)
+        if key in INTEGER or (isinstance(default, int) and not isinstance(value, int) and value == int(value)):
+            if value != int(value):
+                raise ConfigError(where, f"'{key}' must be a whole number", value)
+            value = int(value)
+        if key in AT_LEAST_ONE and value < 1:
+            raise ConfigError(where, "must be at least 1", value)
+    elif isinstance(default, bool) and not isinstance(value, bool) and value not in MIXED_SWITCHES.get(key, ()):
+        raise ConfigError(where, f"'{key}' is true or false (default {str(default).lower()})", value)
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(where, f"'{key}' is a string (default {default!r})", value)
+    return value
+
+
+# Switches that also take a string mode (Atten-Mixer's freeze_readout_compat: false, true, attention, all).
+MIXED_SWITCHES = {"freeze_readout_compat": ("attention", "all")}
+
+
 def model_config(name: str, overrides: dict | None = None) -> dict:
+    """The cfg of model `name`: its defaults (and `TRAIN_DEFAULTS` for a neural model) with `overrides`,
+    each checked by `check_param`; an unknown key is a ConfigError naming the model's parameters."""
     spec = spec_for(name)
     # Counting baselines have no training loop: only their own parameters.
     cfg = {} if isinstance(spec, BaselineSpec) else dict(TRAIN_DEFAULTS)
     cfg.update(spec.defaults)
     for key, value in (overrides or {}).items():
         if key not in cfg:
-            raise UserError(f"--set {key}=...: '{name}' has no parameter '{key}'; it has: {', '.join(sorted(cfg))}")
-        default = cfg[key]
-        number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
-        if number(default) and not number(value):
-            raise UserError(f"--set {key}={value}: '{key}' is a number (default {default})")
-        if number(value) and not math.isfinite(value):  # JSON parsing accepts NaN and Infinity
-            raise UserError(f"--set {key}={value}: '{key}' must be a finite number")
-        if key in INTEGER and number(value):
-            if value != int(value):
-                raise UserError(f"--set {key}={value}: '{key}' must be a whole number")
-            value = int(value)
-        if key in AT_LEAST_ONE and value < 1:
-            raise UserError(f"--set {key}={value}: must be at least 1")
-        cfg[key] = value
+            raise ConfigError(f"model_overrides.{name}.{key}",
+                              f"'{name}' has no parameter '{key}'; it has: {', '.join(sorted(cfg))}")
+        cfg[key] = check_param(name, key, value, cfg[key])
     return cfg
 
 
 def build_model(name: str, n_items: int, overrides: dict | None = None):
-    """Return (model, cfg). Neural models are `SBRModel`s; baselines have fit/score."""
+    """Build model `name` for a catalogue of `n_items` items.
+
+    Args:
+        name: a registered model or ENCODER+READOUT (`sbr-bench models list`).
+        n_items: items are 1..n_items (0 is padding).
+        overrides: parameters that differ from the model's defaults (`sbr-bench models show NAME`).
+    Returns:
+        (model, cfg): an `SBRModel` (or a counting baseline with fit/forward) and its full cfg.
+    Raises:
+        ConfigError: an unknown model, parameter or value.
+    """
     from .base import NormalisedInput, SBRModel
 
     spec = spec_for(name)
     cfg = model_config(name, overrides)
-    if isinstance(spec, BaselineSpec):
-        return spec.build(n_items, cfg), cfg
-    encoder, readout = spec.encoder(n_items, cfg), spec.readout(cfg)
+    try:
+        if isinstance(spec, BaselineSpec):
+            return spec.build(n_items, cfg), cfg
+        encoder, readout = spec.encoder(n_items, cfg), spec.readout(cfg)
+    except ConfigError as e:  # a component names the bare parameter; say which model it belongs to
+        if e.key.startswith("overrides."):
+            raise ConfigError(f"model_overrides.{name}.{e.key.partition('.')[2]}", e.message, e.value) from None
+        raise
     if cfg.get("input_norm", "none") != "none" or cfg.get("input_dropout", 0.0) > 0:
         encoder = NormalisedInput(encoder, cfg["dim"], cfg["input_norm"], float(cfg["input_dropout"]))
     # Encoders whose states are wider than `dim` (LESSR's dense concatenation) say so with `out_dim`.
     out_dim, in_dim = getattr(encoder, "out_dim", cfg["dim"]), getattr(readout, "in_dim", cfg["dim"])
     if out_dim != in_dim:
-        raise UserError(f"--models {name}: the encoder gives states of width {out_dim} but the readout "
-                        f"expects {in_dim}; these two do not compose")
+        raise ConfigError("models", f"{name}: the encoder gives states of width {out_dim} but the readout "
+                          f"expects {in_dim}; these two do not compose")
     model = SBRModel(n_items, cfg["dim"], encoder, readout, spec.scorer(cfg))
     if spec.init is not None:
         spec.init(model, cfg)

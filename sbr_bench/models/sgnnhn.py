@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from .base import CosineScorer, Encoded, Encoder, Readout
 from .registry import ModelSpec
 from .scoring import normalised_scores
@@ -171,7 +171,7 @@ def make_scorer(cfg: dict) -> nn.Module:
         return LayerNormScorer(cfg["sigma"])
     if cfg["scorer"] == "cosine":
         return CosineScorer(cfg["sigma"])
-    raise UserError(f"--set scorer={cfg['scorer']}: sgnnhn's scorer must be 'layernorm' or 'cosine'")
+    raise ConfigError("overrides.scorer", "sgnnhn's scorer must be 'layernorm' or 'cosine'", cfg["scorer"])
 
 
 SPECS = {

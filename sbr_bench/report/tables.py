@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..models.registry import TABLE2_ORDER, TABLE3
+from ..models.registry import TABLE2_ORDER, TABLE3, is_ablation
 from ..runs import HEADLINE, format_cell, headline_header
 from .records import latest_with
 
@@ -63,7 +63,7 @@ def table2(records, mode="valid") -> pd.DataFrame:
     for ds in datasets_of(records):
         names = {m for r in records if r.dataset == ds and r.kind == "run" and not r.sweep for m in r.ok_models()}
         order = [m for m in TABLE2_ORDER if m in names] + sorted(
-            m for m in names if m not in TABLE2_ORDER and "+" not in m and "-" not in m)
+            m for m in names if m not in TABLE2_ORDER and "+" not in m and not is_ablation(m))
         rows += _metric_rows(records, ds, order, mode=mode)
     return pd.DataFrame(rows)
 

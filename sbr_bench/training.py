@@ -37,7 +37,7 @@ import torch
 
 from . import distributed
 from .env import keep_freed_memory
-from .errors import UserError
+from .errors import ConfigError
 from .profiling import peak_rss_mb
 from .runs import SELECTION_METRIC, SELECTIONS, RecordError, Run, config_hash, dataset_fingerprint, timing_summary
 
@@ -72,11 +72,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+        raise ConfigError("device", f"CUDA is not available on this machine (torch {torch.__version__})", name)
     try:
         return torch.device(name)
     except RuntimeError as e:
-        raise UserError(f"--device {name}: {e}") from None
+        raise ConfigError("device", str(e), name) from None
 
 
 def _sync(device: torch.device) -> None:
@@ -141,7 +141,7 @@ def make_optimizer(model, cfg: dict):
     name = str(cfg.get("optimizer", "adam")).lower()
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if name not in kinds:
-        raise UserError(f"--set optimizer={name}: unknown optimizer; choose one of {', '.join(kinds)}")
+        raise ConfigError("overrides.optimizer", f"unknown optimizer; choose one of {', '.join(kinds)}", name)
     exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     named = list(model.named_parameters())
     groups = [{"params": [p for n, p in named if n not in exempt], "weight_decay": cfg["l2"]},
@@ -154,6 +154,37 @@ def make_optimizer(model, cfg: dict):
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(cfg["lr_step"])),
                                                 gamma=cfg["lr_decay"])
     return optimizer, scheduler
+
+
+def train(model, dataset, cfg: dict | None = None, *, selection: str = "valid", seed: int = 0, device="cpu",
+          progress: bool = False, folder=None) -> dict:
+    """Train (or fit) `model` on `dataset` and test it, without a run folder unless `folder` is given.
+
+    Args:
+        model: an `SBRModel` (e.g. from `sbr_bench.build_model`) or a counting baseline.
+        dataset: a `SessionDataset` (`sbr_bench.load_dataset`).
+        cfg: training settings (lr, l2, epochs, batch_size, patience, lr_step, lr_decay, optimizer); the
+            missing ones come from `models.registry.TRAIN_DEFAULTS`.
+        selection: `valid`, `refit` or `literature` (see `train_model`).
+        folder: keep the records (epochs.jsonl, summary.json, ranks.npz, checkpoint.pt) there.
+    Returns:
+        The summary: test (and valid) metrics, best epoch, timing. `model` ends with the tested weights
+        (under `refit`, those of the model retrained on train + validation).
+    """
+    import tempfile
+
+    from .models.registry import TRAIN_DEFAULTS
+
+    trainable = getattr(model, "trainable", True) is not False
+    cfg = dict(TRAIN_DEFAULTS, **(cfg or {})) if trainable else dict(cfg or {})
+    initial = copy.deepcopy(model) if trainable and selection == "refit" else None
+    with tempfile.TemporaryDirectory(prefix="sbr-bench-train-") as scratch:
+        run = Run(folder or scratch, type(model).__name__, seed)
+        summary = train_model(model, dataset, cfg, run, device=device, seed=seed, progress=progress,
+                              selection=selection, rebuild=(lambda: copy.deepcopy(initial)) if initial else None)
+        if initial is not None:  # the refit trained a copy: hand its tested weights to `model`
+            model.load_state_dict(run.load_checkpoint()["model"])
+    return summary
 
 
 def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0, progress: bool = True,
@@ -310,7 +341,7 @@ class _Trainer:
             self.loader = ExampleLoader(train, cfg["batch_size"], dataset.n_items, shuffle=True, seed=seed,
                                         extra=self.extra, rank=self.rank, world=self.world)
         except ValueError as e:
-            raise UserError(f"batch_size={cfg['batch_size']}: {e}") from None
+            raise ConfigError("overrides.batch_size", str(e), cfg["batch_size"]) from None
         # The model itself stays self.model (optimizer, checkpoints, evaluation); training steps go through
         # DDP, which averages gradients over ranks during backward. static_graph: a model uses the same
         # parameters in every step, and DDP then also accepts parameters that a config leaves unused.

@@ -1,0 +1,52 @@
+"""`sbr-bench models list | show NAME`: every registered model (built-in and plugin), its parameters,
+defaults and where they are defined."""
+
+from __future__ import annotations
+
+HELP = "list the models (built-in and plugins) or show one model's parameters and defaults"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("action", choices=("list", "show"), help="list every model, or show one")
+    p.add_argument("name", nargs="?", help="the model to show (a name or ENCODER+READOUT)")
+
+
+def main(args) -> int:
+    from ..errors import UserError
+    from ..models.registry import specs, spec_for
+
+    if args.action == "list":
+        if args.name:
+            raise UserError("models list takes no name; use `sbr-bench models show NAME`")
+        known = specs()
+        width = max(map(len, known))
+        for name, spec in known.items():
+            kind = "counting" if not hasattr(spec, "encoder") else "neural"
+            tags = ", ".join(t for t, on in ((kind, True), ("ablation", spec.ablation)) if on)
+            print(f"{name:{width}}  [{tags}]  {spec.doc}  ({spec.source})")
+        print("\nCompose any neural encoder with any neural readout as ENCODER+READOUT, e.g. srgnn+attenmixer.")
+        return 0
+    if not args.name:
+        raise UserError("models show: name a model, e.g. `sbr-bench models show srgnn`")
+    spec = spec_for(args.name)
+    print(f"{args.name}: {spec.doc}\ndefined in: {spec.source}")
+    for key, default, origin in parameters(args.name):
+        print(f"  {key:28s} {default!r:>12}  {type(default).__name__:6s} {origin}")
+    return 0
+
+
+def parameters(name: str) -> list[tuple[str, object, str]]:
+    """(key, default, where the default comes from) of every parameter of model `name`."""
+    from ..models.registry import TRAIN_DEFAULTS, model_config, spec_for
+
+    spec, cfg = spec_for(name), model_config(name)
+    own = spec.defaults
+    rows = []
+    for key, default in cfg.items():
+        if key in own:
+            origin = "model" + (" (= shared training default)" if TRAIN_DEFAULTS.get(key, object()) == default
+                                else "")
+        else:
+            origin = "shared training default (models/registry.py TRAIN_DEFAULTS)"
+        rows.append((key, default, origin))
+    return rows
