@@ -42,8 +42,11 @@ def build_model(name: str, n_items: int, **overrides):
     `overrides` (e.g. `dim=64`); see `sbr_bench.models.registry.build_model` for the (model, cfg) form.
 
     Returns:
-        The model: an `SBRModel`, or a counting baseline with `fit(split)` and scores.
+        The model: an `SBRModel`, or a counting baseline with `fit(split)` and scores; its full
+        parameters, training settings included, are in `model.cfg` (what `train` uses by default).
     """
     from .models.registry import build_model as build
 
-    return build(name, n_items, overrides)[0]
+    model, cfg = build(name, n_items, overrides)
+    model.cfg = cfg
+    return model

@@ -163,8 +163,8 @@ def train(model, dataset, cfg: dict | None = None, *, selection: str = "valid", 
     Args:
         model: an `SBRModel` (e.g. from `sbr_bench.build_model`) or a counting baseline.
         dataset: a `SessionDataset` (`sbr_bench.load_dataset`).
-        cfg: training settings (lr, l2, epochs, batch_size, patience, lr_step, lr_decay, optimizer); the
-            missing ones come from `models.registry.TRAIN_DEFAULTS`.
+        cfg: training settings (lr, l2, epochs, batch_size, patience, lr_step, lr_decay, optimizer) that
+            differ from `model.cfg` (set by `sbr_bench.build_model`), else from `TRAIN_DEFAULTS`.
         selection: `valid`, `refit` or `literature` (see `train_model`).
         folder: keep the records (epochs.jsonl, summary.json, ranks.npz, checkpoint.pt) there.
     Returns:
@@ -176,7 +176,8 @@ def train(model, dataset, cfg: dict | None = None, *, selection: str = "valid", 
     from .models.registry import TRAIN_DEFAULTS
 
     trainable = getattr(model, "trainable", True) is not False
-    cfg = dict(TRAIN_DEFAULTS, **(cfg or {})) if trainable else dict(cfg or {})
+    own = dict(getattr(model, "cfg", None) or {})
+    cfg = dict(TRAIN_DEFAULTS, **own, **(cfg or {})) if trainable else dict(own, **(cfg or {}))
     initial = copy.deepcopy(model) if trainable and selection == "refit" else None
     with tempfile.TemporaryDirectory(prefix="sbr-bench-train-") as scratch:
         run = Run(folder or scratch, type(model).__name__, seed)

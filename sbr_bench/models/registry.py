@@ -119,7 +119,7 @@ def register_model(name: str, spec: ModelSpec | BaselineSpec | None = None, *, r
         return add(spec)
 
     def decorate(cls):
-        from .scoring import DotScorer
+        from .base import DotScorer
 
         if getattr(cls, "trainable", True) is False:
             add(BaselineSpec(build=cls, defaults=dict(defaults or {}), doc=doc, source=cls.__module__))
