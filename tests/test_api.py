@@ -16,7 +16,6 @@ import torch
 import sbr_bench
 from sbr_bench import cli
 from sbr_bench.errors import ConfigError
-from sbr_bench.evaluate import evaluate
 from sbr_bench.experiment import DataConfig, Experiment, toml_text
 from sbr_bench.io import read_json
 from sbr_bench.models import registry

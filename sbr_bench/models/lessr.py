@@ -210,6 +210,8 @@ class LESSREncoder(Encoder):
 class LESSRReadout(Readout):
     """AttnReadout over each session's nodes + fc_sr over [last node ; attention summary]."""
 
+    needs_batch = True  # reads more than the position states: not a PyG Aggregation (sbr_bench.nn)
+
     def __init__(self, dim: int, in_dim: int, feat_drop: float = 0.2):
         super().__init__()
         self.in_dim = in_dim

@@ -95,7 +95,7 @@ def register_model(name: str, spec: ModelSpec | BaselineSpec | None = None, *, r
     `trainable = False`, `fit(split)` and `forward(batch) -> [B, n_items]` scores.
 
     Args:
-        name: the model's name; letters, digits and `_` (`+` composes models, `-` marks variants).
+        name: the model's name: letters, digits, `_` and `-` (`+` is how models compose).
         defaults: the model's parameters and their defaults; a neural model also has `TRAIN_DEFAULTS`.
         doc: one line for `models list`.
     Returns:

@@ -117,6 +117,8 @@ class StarEncoder(Encoder):
 
 
 class SGNNHNReadout(Readout):
+    needs_batch = True  # reads the star node too: not a PyG Aggregation (sbr_bench.nn)
+
     def __init__(self, dim: int, max_positions: int = 200, forward_positions_compat: bool = False):
         super().__init__()
         self.max_positions = int(max_positions)
