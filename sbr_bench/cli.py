@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 OPTIONS = {
     "models": "--models", "seeds": "--seeds", "epochs": "--epochs", "batch_size": "--batch-size",
     "selection": "--selection", "device": "--device", "deterministic": "--deterministic",
-    "checkpoint_every": "--checkpoint-every", "runs_dir": "--runs-dir", "run_id": "--run-id",
+    "checkpoint_every": "--checkpoint-every", "runs_dir": "--runs-dir", "run_id": "--run-id", "log": "--log",
     "engine": "--engine", "dataset": "--dataset", "dataset.name": "--dataset", "dataset.data_dir": "--data-dir",
     "dataset.protocol": "--protocol", "dataset.valid_fraction": "--valid-fraction",
     "dataset.params": "--protocol-param",

@@ -80,6 +80,7 @@ class Experiment:
         deterministic: `torch.use_deterministic_algorithms` (warn-only).
         checkpoint_every: also checkpoint every N batches within an epoch (0: epoch ends only).
         runs_dir, run_id: where the run folder goes (default id: UTC time + config hash).
+        log: experiment trackers for every unit, `tensorboard` and/or `mlflow` (`sbr_bench.callbacks`).
     """
 
     models: list = field(default_factory=lambda: ["all"])
@@ -95,6 +96,7 @@ class Experiment:
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     runs_dir: str = "runs"
     run_id: str | None = None
+    log: list = field(default_factory=list)
 
     def __post_init__(self):
         if isinstance(self.models, str):
@@ -123,6 +125,12 @@ class Experiment:
         if not _whole(self.checkpoint_every) or self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every", "expected 0 (end of epoch only) or more batches",
                               self.checkpoint_every)
+        if isinstance(self.log, str):
+            self.log = [t.strip() for t in self.log.split(",") if t.strip()]
+        _expect("log", self.log, list)
+        from .callbacks import check_trackers
+
+        self.log = check_trackers(self.log)
         _expect("runs_dir", self.runs_dir, (str, os.PathLike))
         self.runs_dir = str(self.runs_dir)
         if self.run_id is not None:
@@ -239,6 +247,7 @@ class Experiment:
             "epochs_rule": ("epochs" if self.epochs is not None else
                             f"model default capped at {cap}" if cap else "model default"),
             "selection": self.selection,
+            "log": list(self.log),
         }
 
     def load_dataset(self):

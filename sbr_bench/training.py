@@ -39,7 +39,9 @@ from . import distributed
 from .env import keep_freed_memory
 from .errors import ConfigError
 from .profiling import peak_rss_mb
-from .runs import SELECTION_METRIC, SELECTIONS, RecordError, Run, config_hash, dataset_fingerprint, timing_summary
+from .checkpoint import Checkpointer, rng_state, seed_rank, set_rng_state
+from .epoch_stats import EpochStats
+from .runs import SELECTION_METRIC, SELECTIONS, Run, timing_summary
 
 EVAL_BATCH_SIZE = 500
 
@@ -82,29 +84,6 @@ def resolve_device(name: str) -> torch.device:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_rank(seed: int, rank: int) -> None:
-    """Per-rank random streams for multi-process training (dropout masks must differ between ranks)."""
-    derived = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-    random.seed(derived)
-    np.random.seed(derived)
-    torch.manual_seed(derived)
 
 
 def _rank_share(split):
@@ -190,7 +169,7 @@ def train(model, dataset, cfg: dict | None = None, *, selection: str = "valid", 
 
 def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0, progress: bool = True,
                 checkpoint_every: int = 0, deterministic: bool = False, max_epochs: int | None = None,
-                evaluate_test: bool = True, selection: str = "valid", rebuild=None) -> dict:
+                evaluate_test: bool = True, selection: str = "valid", rebuild=None, callbacks=()) -> dict:
     """Train (or fit) `model` under a selection mode, evaluate the test split, write the unit's records in
     `run` and return its summary.
 
@@ -202,6 +181,7 @@ def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0
         rebuild: for `refit`, a callable returning a freshly initialised model, seeded as `model` was (the
             refit then follows exactly the trajectory that `literature` would, up to the chosen epoch).
         max_epochs, evaluate_test: `--profile` trains a few epochs and skips the test.
+        callbacks: `sbr_bench.callbacks.Callback`s (e.g. trackers) for every phase of the unit.
     Returns:
         The summary written to `run.summary_path`.
     Raises:
@@ -216,14 +196,16 @@ def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0
         if getattr(model, "trainable", True) is False:
             return _fit_baseline(model, dataset, run, device, evaluate_test, selection)
         common = dict(dataset=dataset, run=run, device=device, seed=seed, progress=progress,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, callbacks=callbacks)
         if selection == "literature":
-            return _Trainer(model, dataset.train_and_valid(), cfg, watch="test", **common).fit(max_epochs, evaluate_test)
+            return _Trainer(model, dataset.train_and_valid(), cfg, watch="test", phase="literature",
+                            **common).fit(max_epochs, evaluate_test)
         if selection == "valid" or not evaluate_test:
             return _Trainer(model, dataset.train, cfg, watch="valid", **common).fit(max_epochs, evaluate_test)
         if rebuild is None:
             raise ValueError("selection 'refit' needs `rebuild`, a callable that builds a fresh model")
-        chosen = _Trainer(model, dataset.train, cfg, watch="valid", **common).fit(max_epochs, evaluate_test=False)
+        chosen = _Trainer(model, dataset.train, cfg, watch="valid", phase="select",
+                          **common).fit(max_epochs, evaluate_test=False)
         model.zero_grad(set_to_none=True)
         model.to("cpu")  # the selection model is done: free the device for the refit
         del model
@@ -237,7 +219,7 @@ def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0
                         selection_timing=chosen["timing"])
         # The summary is written once, complete: a kill before that leaves the unit unfinished.
         return _Trainer(fresh, dataset.train_and_valid(), dict(cfg, epochs=epochs, patience=0), watch=None,
-                        **common).fit(None, evaluate_test=True, record=run, extra=selected)
+                        phase="refit", **common).fit(None, evaluate_test=True, record=run, extra=selected)
     except RuntimeError as e:  # torch's OutOfMemoryError is a RuntimeError too
         if "out of memory" in str(e).lower():
             raise TrainingFailed(f"out of memory: {str(e).splitlines()[0][:200]}") from e
@@ -324,14 +306,17 @@ class _LossOf(torch.nn.Module):
 class _Trainer:
     """Trains `model` on `train` (a split of `dataset`) and evaluates `watch` after every epoch: "valid"
     selects the epoch and stops early on validation, "test" does both on the test split (the literature
-    protocol), None trains a fixed number of epochs (the refit)."""
+    protocol), None trains a fixed number of epochs (the refit). The loop is `fit`; checkpoints are the
+    `Checkpointer`'s, epoch sums `EpochStats`', and the epoch record, progress line and trackers callbacks."""
 
-    def __init__(self, model, train, cfg, *, dataset, run: Run, watch, device, seed, progress, checkpoint_every):
+    def __init__(self, model, train, cfg, *, dataset, run: Run, watch, device, seed, progress, checkpoint_every,
+                 callbacks=(), phase: str = "valid"):
+        from .callbacks import EarlyStopping, EpochPrinter, EpochRecord
         from .data.graphs import ExampleLoader
 
         self.model, self.dataset, self.cfg, self.run, self.watch = model, dataset, cfg, run, watch
         self.world, self.rank, self.main = distributed.world(), distributed.rank(), distributed.is_main()
-        self.device, self.seed, self.progress = device, seed, progress and self.main
+        self.device, self.seed, self.progress, self.phase = device, seed, progress and self.main, phase
         self.checkpoint_every = int(checkpoint_every or 0)
         self.extra = tuple(getattr(model, "extra_graphs", ()))
         if hasattr(model, "prepare"):  # before moving: what prepare builds (buffers) moves with the model
@@ -354,61 +339,26 @@ class _Trainer:
 
             self.net = DistributedDataParallel(_LossOf(model), device_ids=[device.index] if device.type == "cuda"
                                                else None, static_graph=True, gradient_as_bucket_view=True)
-            _seed_rank(seed, self.rank)
+            seed_rank(seed, self.rank)
         self.at_start = bool(cfg.get("scheduler_at_start_compat", False))
+        self.checkpoints = Checkpointer(run, cfg, seed, dataset)
+        self.stopper = EarlyStopping(int(cfg.get("patience") or 0) if watch else 0)
+        self.callbacks = ([EpochRecord()] + ([EpochPrinter()] if self.progress else []) + list(callbacks)
+                          if self.main else [])
         self.state = {
             "epoch": 0, "batch": 0, "partial": None, "history": [], "best_metric": -math.inf,
             "best_epoch": None, "best_valid": None, "best_weights": None, "bad_epochs": 0, "done": False,
             "best_test": None, "best_test_epoch": None, "best_test_result": None,
         }
 
-    # --- checkpoints -------------------------------------------------------------------------------
-    def identity(self) -> dict:
-        """What a checkpoint must have been trained with to be resumed: cfg, seed and data (hashed once)."""
-        if getattr(self, "_identity", None) is None:
-            self._identity = {"cfg": config_hash(self.cfg), "seed": int(self.seed),
-                              "dataset": dataset_fingerprint(self.dataset)}
-        return self._identity
-
     def save(self) -> None:
-        """Rank 0 writes the checkpoint, with every rank's RNG states (a collective: all ranks call it)."""
-        rng_ranks = distributed.all_gather_object(_rng_state()) if self.world > 1 else None
-        if not self.main:
-            return
-        state = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "state": self.state,
-            "cfg": self.cfg, "seed": self.seed, "unit": self.identity(),
-        }
-        if rng_ranks is not None:
-            state.update(rng_ranks=rng_ranks, world_size=self.world)
-        self.run.save_checkpoint(state)
+        self.checkpoints.save(self.model, self.optimizer, self.scheduler, self.state)
 
     def restore(self) -> bool:
-        """Every rank loads the same checkpoint (weights, optimizer, schedule, progress) and its own RNG
-        states; resumed with another number of processes, the ranks get fresh per-rank streams."""
-        ckpt = self.run.load_checkpoint()
-        if ckpt is None or "optimizer" not in ckpt:  # none, or the slim file of a finished unit
+        state = self.checkpoints.restore(self.model, self.optimizer, self.scheduler)
+        if state is None:
             return False
-        recorded = ckpt.get("unit", self.identity())  # older checkpoints have none: resumed as before
-        if recorded != self.identity():
-            changed = [k for k, v in self.identity().items() if recorded.get(k) != v]
-            raise RecordError(f"{self.run.path}: its checkpoint was trained with another {', '.join(changed)} "
-                              f"than this run has; delete {self.run.checkpoint_path.name} there to train the unit "
-                              "from scratch, or start a new run")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        rng_ranks = ckpt.get("rng_ranks")
-        if self.world == 1:
-            _set_rng_state(ckpt["rng"])
-        elif rng_ranks is not None and len(rng_ranks) == self.world:
-            _set_rng_state(rng_ranks[self.rank])
-        else:
-            st = ckpt["state"]
-            _seed_rank(int(np.random.SeedSequence([self.seed, st["epoch"], st["batch"]]).generate_state(1)[0]),
-                       self.rank)
-        self.state = ckpt["state"]
+        self.state = state
         if self.main:
             self.run.rewrite_epochs(self.state["history"])
         return True
@@ -420,9 +370,8 @@ class _Trainer:
         ranks and final weights go to `record` (default: this trainer's run)."""
         resumed = self.restore()
         epochs = int(self.cfg["epochs"] if max_epochs is None else max_epochs)
-        patience = int(self.cfg.get("patience") or 0) if self.watch else 0
         st = self.state
-        while not st["done"] and st["epoch"] < epochs and not (patience > 0 and st["bad_epochs"] >= patience):
+        while not st["done"] and st["epoch"] < epochs and not self.stopper.should_stop(st):
             row = self.train_epoch(resumed and st["batch"] > 0)
             resumed = False
             self.end_epoch(row)
@@ -433,7 +382,7 @@ class _Trainer:
             return {"status": "selected", "history": st["history"], "best_epoch": st["best_epoch"],
                     "best_valid": st["best_valid"], "stopped_early": len(st["history"]) < epochs,
                     "max_epochs": epochs, "timing": timing_summary(st["history"])}
-        return self.finish(epochs, patience, record or self.run, extra or {})
+        return self.finish(epochs, self.stopper.patience, record or self.run, extra or {})
 
     def train_epoch(self, mid_epoch_resume: bool) -> dict:
         from tqdm.auto import tqdm
@@ -444,8 +393,7 @@ class _Trainer:
             with warnings.catch_warnings():  # stepping before optimizer.step() is the point of this mode
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
-        acc = st["partial"] or {"loss_sum": 0.0, "parts": {}, "examples": 0, "batches": 0,
-                                "data": 0.0, "forward": 0.0, "backward": 0.0, "checkpoint": 0.0}
+        stats = EpochStats(st["partial"])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -477,36 +425,18 @@ class _Trainer:
             _sync(device)
             t3 = time.perf_counter()
 
-            acc["loss_sum"] += loss_value * n
-            for key, value in parts.items():
-                acc["parts"][key] = acc["parts"].get(key, 0.0) + float(value) * n
-            acc["examples"] += n
-            acc["batches"] += 1
-            acc["data"] += t1 - t0
-            acc["forward"] += t2 - t1
-            acc["backward"] += t3 - t2
+            stats.add(loss_value, parts, n, t1 - t0, t2 - t1, t3 - t2)
             st["batch"] += 1
             if self.checkpoint_every and st["batch"] % self.checkpoint_every == 0 and st["batch"] < len(self.loader):
-                st["partial"] = acc
+                st["partial"] = stats.as_dict()
                 saving = time.perf_counter()
                 self.save()
-                acc["checkpoint"] += time.perf_counter() - saving  # outside the timed phases
+                stats.add_checkpoint_time(time.perf_counter() - saving)
             bar.update(1)
             if st["batch"] % 10 == 0 or st["batch"] == len(self.loader):
-                train_s = acc["data"] + acc["forward"] + acc["backward"]
-                bar.set_postfix(loss=f"{acc['loss_sum'] / max(acc['examples'], 1):.4f}",
-                                ex_s=f"{acc['examples'] / max(train_s, 1e-9):.0f}")
+                bar.set_postfix(loss=f"{stats.loss:.4f}", ex_s=f"{stats.examples_per_s:.0f}")
         bar.close()
-        train_s = acc["data"] + acc["forward"] + acc["backward"]
-        row = {
-            "epoch": st["epoch"], "lr": lr, "loss": acc["loss_sum"] / max(acc["examples"], 1),
-            "loss_parts": {k: v / max(acc["examples"], 1) for k, v in acc["parts"].items()},
-            "examples": acc["examples"], "batches": acc["batches"],
-            "time": {"data": acc["data"], "forward": acc["forward"], "backward": acc["backward"], "train": train_s,
-                     "checkpoint": acc.get("checkpoint", 0.0)},
-            "examples_per_s": acc["examples"] / max(train_s, 1e-9),
-            "resumed_mid_epoch": bool(mid_epoch_resume),
-        }
+        row = stats.row(st["epoch"], lr, mid_epoch_resume)
         if device.type == "cuda":
             row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             row["peak_gpu_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
@@ -531,25 +461,17 @@ class _Trainer:
         row["host_peak_rss_mb"] = peak_rss_mb()
         row["time"]["eval"] = 0.0
         if self.watch == "test":  # the trajectory must not depend on the test passes (refit = this at e*)
-            rng = _rng_state()
+            rng = rng_state()
             self.evaluate_epoch(row)
-            _set_rng_state(rng)
+            set_rng_state(rng)
         elif self.watch is not None:
             self.evaluate_epoch(row)
         row["best_epoch_so_far"] = st["best_epoch"]
         st["history"].append(row)
-        if self.main:
-            self.run.append_epoch(row)
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, row)
         st.update(epoch=st["epoch"] + 1, batch=0, partial=None)
         self.save()
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            seen = row.get(self.watch or "", {})
-            tqdm.write(f"  {self.run.model} seed{self.seed} epoch {row['epoch']}: loss {row['loss']:.4f}  "
-                       + (f"{self.watch} HR@20 {seen.get('HR@20', float('nan')):.2f} "
-                          f"MRR@20 {seen.get(SELECTION_METRIC, float('nan')):.2f}  " if seen else "")
-                       + f"{row['time']['train']:.1f}s train + {row['time']['eval']:.1f}s eval")
 
     def evaluate_epoch(self, row: dict) -> None:
         """Evaluate the watched split; keep the best epoch by MRR@20 (its weights, or for the test split
@@ -617,6 +539,8 @@ class _Trainer:
             summary["intent_recovery"] = recovery
         if not self.main:
             return summary
+        for callback in self.callbacks:
+            callback.on_fit_end(self, summary)
         record.write_ranks(test, self.dataset.test.ex_len)
         record.write_summary(summary)
         # Keep only the final weights (the tested ones, except under literature: the last epoch's).

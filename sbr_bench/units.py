@@ -41,10 +41,15 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
         seed_everything(seed, config["deterministic"])  # model init depends on the seed
         return build_model(name, dataset.n_items, cfg)[0]
 
+    trackers = []
     try:
+        if distributed.is_main() and config.get("log"):
+            from .callbacks import make_trackers
+
+            trackers = make_trackers(config["log"], unit, run_dir.path.parent, run_dir.run_id, cfg)
         summary = train_model(build(), dataset, cfg, unit, device=device, seed=seed, progress=progress,
                               checkpoint_every=config["checkpoint_every"], deterministic=config["deterministic"],
-                              selection=selection_of(config), rebuild=build)
+                              selection=selection_of(config), rebuild=build, callbacks=trackers)
     except TrainingFailed as e:
         if distributed.world() > 1 and not e.shared:  # one rank alone: the others wait in a collective
             raise
@@ -61,6 +66,9 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         print(f"[{name} seed {seed}] FAILED: {reason} (traceback in {unit.path / 'error.txt'})", file=sys.stderr)
         return unit.fail(reason)
+    finally:
+        for tracker in trackers:
+            tracker.close()
     test, tag = summary["test"], " best-on-test" if summary.get("test_selected") else ""
     print(f"[{name} seed {seed}] test{tag} HR@20 {test.get('HR@20', float('nan')):.2f}  "
           f"MRR@20 {test.get('MRR@20', float('nan')):.2f}  (best epoch {summary.get('best_epoch')})", flush=True)

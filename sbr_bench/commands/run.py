@@ -65,6 +65,9 @@ def add_arguments(p) -> None:
                         "machine, which can slow CPU training many-fold")
     p.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms (warn-only: PyG scatter has no deterministic CUDA kernel)")
+    p.add_argument("--log", action="append", choices=("tensorboard", "mlflow"), help="also log every epoch to "
+                   "TensorBoard (<unit>/tensorboard/) or MLflow ($MLFLOW_TRACKING_URI, else <runs-dir>/mlruns); "
+                   "repeatable; needs the extra: pip install -e '.[tensorboard]' or '.[mlflow]'")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: units one after another in this process (default); ray: one Ray task per "
                         "model and seed (a local Ray instance; `sbr-bench sweep` has the cluster options)")
@@ -94,7 +97,7 @@ def experiment_of(args):
         changes["seeds"] = seed_list(args.seed_list)
     elif args.seeds is not None:
         changes["seeds"] = args.seeds
-    for name in ("epochs", "batch_size", "selection", "device", "run_id", "runs_dir", "checkpoint_every"):
+    for name in ("epochs", "batch_size", "selection", "device", "run_id", "runs_dir", "checkpoint_every", "log"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.deterministic:
@@ -111,7 +114,7 @@ def check_resume_args(args) -> None:
              "--selection": args.selection, "--seed-list": args.seed_list, "--epochs": args.epochs,
              "--batch-size": args.batch_size, "--set": args.set or None, "--run-id": args.run_id,
              "--valid-fraction": args.valid_fraction, "--protocol": args.protocol,
-             "--protocol-param": args.protocol_param or None, "--profile": args.profile or None,
+             "--protocol-param": args.protocol_param or None, "--profile": args.profile or None, "--log": args.log,
              "--engine": None if args.engine == "local" else args.engine}
     given = [flag for flag, value in fixed.items() if value is not None]
     if given:
