@@ -66,3 +66,55 @@ def test_readouts_that_need_the_session_graph_are_refused():
         model, _ = build_model(name, 10, {"dim": 8})
         with pytest.raises(ValueError, match="cannot be used as an aggregation"):
             ReadoutAggregation(model.readout)
+
+
+# ---------------------------------------------------------------- MessagePassing layers vs the old modules
+
+import legacy_layers  # noqa: E402  (tests/legacy_layers.py: the layers as they were)
+from torch_geometric.nn import MessagePassing  # noqa: E402
+
+from sbr_bench.nn import EOPAConv, GatedSessionConv, SGATConv  # noqa: E402
+
+
+def _graph(tiny, extra):
+    batch = collate_examples(tiny.train, list(range(200, 260)), tiny.n_items, extra)
+    return batch, torch.randn(batch.num_nodes, 8)
+
+
+def _same(new, old, *inputs):
+    """Same weights, same outputs and gradients, in eval and in train mode (BatchNorm's two paths)."""
+    assert isinstance(new, MessagePassing)
+    new.load_state_dict(old.state_dict())  # same parameter names: checkpoints carry over
+    for training in (False, True):
+        new.train(training), old.train(training)
+        _same_pass(new, old, *inputs)
+
+
+def _same_pass(new, old, *inputs):
+    new.zero_grad(), old.zero_grad()
+    out_new, out_old = new(*inputs), old(*inputs)
+    torch.testing.assert_close(out_new, out_old, atol=1e-6, rtol=1e-6)
+    out_new.square().sum().backward()
+    out_old.square().sum().backward()
+    for (name, p), q in zip(new.named_parameters(), old.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("flip, counts", [(False, False), (True, False), (False, True)])
+def test_gated_session_conv_equals_the_old_cell(tiny, flip, counts):
+    torch.manual_seed(0)
+    batch, h = _graph(tiny, ())
+    old = legacy_layers.GatedSessionCell(8, flip, counts)
+    _same(GatedSessionConv(8, flip, counts), old, h, batch.edge_index, batch.edge_count)
+
+
+def test_eopa_conv_equals_the_old_eopa(tiny):
+    torch.manual_seed(0)
+    batch, x = _graph(tiny, ("eop",))
+    _same(EOPAConv(8, 8), legacy_layers.EOPA(8, 8, 0.0), x, batch.eop_edge_index)
+
+
+def test_sgat_conv_equals_the_old_sgat(tiny):
+    torch.manual_seed(0)
+    batch, x = _graph(tiny, ("shortcut",))
+    _same(SGATConv(8, 6, 8), legacy_layers.SGAT(8, 6, 8, 0.0), x, batch.sc_edge_index)

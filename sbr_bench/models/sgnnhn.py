@@ -3,7 +3,7 @@
 Encoder (`StarEncoder`), on each session graph plus one star node per session:
     s⁰ = mean of the session's node embeddings (scatter over `batch.batch`)
     per layer l = 1..step (one gated cell shared by all layers, as SR-GNN's steps):
-        ĥ_i = GatedSessionCell(h_i)                                  (SR-GNN satellite update)
+        ĥ_i = GatedSessionConv(h_i)                                  (SR-GNN satellite update)
         α_i = σ((W_q1 ĥ_i)ᵀ (W_k1 s) / √d);  h_i = (1 - α_i) ĥ_i + α_i s
         β_i = softmax_i((W_k2 h_i)ᵀ (W_q2 s) / √d) over the session's nodes (PyG `softmax`);  s = Σ_i β_i h_i
     highway: g = σ(W_g [h⁰; h^L]),  h^f = g ⊙ h⁰ + (1 - g) ⊙ h^L
@@ -52,7 +52,7 @@ from ..errors import ConfigError, UserError
 from .base import CosineScorer, Encoded, Encoder, Readout
 from .registry import ModelSpec
 from .scoring import normalised_scores
-from .srgnn import GatedSessionCell
+from ..nn.gated_session_conv import GatedSessionConv
 
 
 class StarEncoder(Encoder):
@@ -63,7 +63,7 @@ class StarEncoder(Encoder):
         self.step = int(step)
         self.scale = 1.0 / math.sqrt(dim)
         self.dropout = nn.Dropout(dropout)
-        self.cell = GatedSessionCell(dim, gate_flip_compat, edge_count_weights)
+        self.cell = GatedSessionConv(dim, gate_flip_compat, edge_count_weights)
         self.star_plain_dot_compat = star_plain_dot_compat
         if star_plain_dot_compat:
             self.gate_q = self.gate_k = self.star_q = self.star_k = None
@@ -110,7 +110,7 @@ class StarEncoder(Encoder):
                        extras={"star": star})
 
     def weight_groups(self):
-        groups = GatedSessionCell.groups("cell.")
+        groups = GatedSessionConv.groups("cell.")
         star = [] if self.star_plain_dot_compat else ["gate_q", "gate_k", "star_q", "star_k"]
         groups["gnn.other"] = star + (["highway"] if self.highway is not None else [])
         return groups

@@ -1,6 +1,6 @@
 """SR-GNN (Wu et al., AAAI 2019): gated graph network over the session graph + soft-attention readout.
 
-Encoder (`SRGNNEncoder`, one `GatedSessionCell` applied `step` times with shared weights), per node v:
+Encoder (`SRGNNEncoder`, one `GatedSessionConv` applied `step` times with shared weights), per node v:
     a_in(v)  = mean_{u -> v} (W_in h_u + b_in)  + b_iah        (SR-GNN's row-normalised A_in)
     a_out(v) = mean_{v -> w} (W_out h_w + b_out) + b_oah       (SR-GNN's row-normalised A_out)
     gi = x2h([a_in; a_out]),  gh = h2h(h)                      (3d each: chunks r, z, n)
@@ -37,53 +37,9 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from .base import DotScorer, Encoded, Encoder, Readout, gru_update
+from ..nn.gated_session_conv import GatedSessionConv
+from .base import DotScorer, Encoded, Encoder, Readout
 from .registry import ModelSpec
-
-
-class GatedSessionCell(nn.Module):
-    """One SR-GNN gated-GNN step over a (batched) session graph; reused by GC-SAN and SGNN-HN."""
-
-    def __init__(self, dim: int, gate_flip_compat: bool = False, edge_count_weights: bool = False):
-        super().__init__()
-        self.edge_in = nn.Linear(dim, dim)
-        self.edge_out = nn.Linear(dim, dim)
-        # SR-GNN adds these after aggregation, so isolated nodes still get a bias (RecBole drops them).
-        self.b_iah = nn.Parameter(torch.zeros(dim))
-        self.b_oah = nn.Parameter(torch.zeros(dim))
-        self.x2h = nn.Linear(2 * dim, 3 * dim)
-        self.h2h = nn.Linear(dim, 3 * dim)
-        self.gate_flip_compat = gate_flip_compat
-        self.edge_count_weights = edge_count_weights
-
-    def aggregate(self, h: Tensor, edge_index: Tensor, edge_count: Tensor | None) -> Tensor:
-        """[a_in; a_out]: weighted means of transformed neighbour states (SR-GNN's A_in, A_out)."""
-        n = h.size(0)
-        src, dst = edge_index
-        if self.edge_count_weights and edge_count is not None:
-            w = edge_count.to(h.dtype)
-        else:
-            w = h.new_ones(src.numel())
-        # Transform nodes first (fewer nodes than edges), then gather along edges.
-        msg_in = self.edge_in(h)[src] * w[:, None]
-        msg_out = self.edge_out(h)[dst] * w[:, None]
-        deg_in = scatter(w, dst, dim=0, dim_size=n, reduce="sum").clamp(min=1.0)
-        deg_out = scatter(w, src, dim=0, dim_size=n, reduce="sum").clamp(min=1.0)
-        a_in = scatter(msg_in, dst, dim=0, dim_size=n, reduce="sum") / deg_in[:, None] + self.b_iah
-        a_out = scatter(msg_out, src, dim=0, dim_size=n, reduce="sum") / deg_out[:, None] + self.b_oah
-        return torch.cat([a_in, a_out], dim=-1)
-
-    def forward(self, h: Tensor, edge_index: Tensor, edge_count: Tensor | None = None) -> Tensor:
-        gx = self.x2h(self.aggregate(h, edge_index, edge_count))
-        return gru_update(gx, self.h2h(h), h, flip=self.gate_flip_compat)
-
-    @staticmethod
-    def groups(prefix: str) -> dict[str, list[str]]:
-        return {
-            "gnn.propagation": [f"{prefix}edge_in", f"{prefix}edge_out"],
-            "gnn.gate_ih": [f"{prefix}x2h"],
-            "gnn.gate_hh": [f"{prefix}h2h"],
-        }
 
 
 class SRGNNEncoder(Encoder):
@@ -94,7 +50,7 @@ class SRGNNEncoder(Encoder):
         super().__init__()
         self.step = int(step)
         self.dropout = nn.Dropout(dropout)
-        self.cell = GatedSessionCell(dim, gate_flip_compat, edge_count_weights)
+        self.cell = GatedSessionConv(dim, gate_flip_compat, edge_count_weights)
 
     @classmethod
     def from_cfg(cls, cfg: dict) -> "SRGNNEncoder":
@@ -113,7 +69,7 @@ class SRGNNEncoder(Encoder):
         return Encoded(node_h[batch.alias], batch.alias_batch, batch.last, batch.length, node_h=node_h)
 
     def weight_groups(self):
-        return GatedSessionCell.groups("cell.")
+        return GatedSessionConv.groups("cell.")
 
 
 class SRGNNReadout(Readout):
