@@ -30,7 +30,8 @@ OPTIONS = {
     "checkpoint_every": "--checkpoint-every", "runs_dir": "--runs-dir", "run_id": "--run-id", "log": "--log",
     "engine": "--engine", "dataset": "--dataset", "dataset.name": "--dataset", "dataset.data_dir": "--data-dir",
     "dataset.protocol": "--protocol", "dataset.valid_fraction": "--valid-fraction",
-    "dataset.params": "--protocol-param",
+    "dataset.params": "--protocol-param", "paper": "--paper", "address": "--address", "resume": "--resume",
+    "raw": "--raw", "paths": "--paths",
 }
 
 

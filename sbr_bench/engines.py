@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 RAY_INSTALL_HINT = "pip install -e '.[ray]'"
 
@@ -108,7 +108,8 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise UserError(f"--engine ray: Ray is not installed; install the extra with `{RAY_INSTALL_HINT}`") from None
+        raise ConfigError("engine", f"Ray is not installed; install the extra with `{RAY_INSTALL_HINT}`",
+                          "ray") from None
     return ray
 
 
@@ -134,7 +135,7 @@ def run_ray(units: list[Unit], data_dir: str, device: str, address: str | None, 
             else:
                 ray.init(include_dashboard=False)
         except ConnectionError as e:
-            raise UserError(f"--address {address}: cannot connect to a Ray cluster ({e})") from None
+            raise ConfigError("address", f"cannot connect to a Ray cluster ({e})", address) from None
         started = True
     threads = max(1, int(cpus_per_task))
     task = ray.remote(sweep_unit).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=max_retries,

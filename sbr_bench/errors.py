@@ -19,6 +19,10 @@ class ConfigError(UserError):
         super().__init__(key, message)
         self.key, self.message, self.value, self.source = key, message, value, source
 
+    def __reduce__(self):  # pickled whole (torchrun ranks pass errors on to each other)
+        value = None if self.value is ConfigError.NO_VALUE else self.value
+        return _config_error, (self.key, self.message, self.value is not ConfigError.NO_VALUE, value, self.source)
+
     def __str__(self) -> str:
         shown = self.key if self.value is ConfigError.NO_VALUE else f"{self.key} = {self.value!r}"
         return f"{self.source}: {shown}: {self.message}" if self.source else f"{shown}: {self.message}"
@@ -31,3 +35,7 @@ class DataFormatError(UserError):
         where = f"{path}" if line is None else f"{path}, line {line}"
         super().__init__(f"{where}: {message}")
         self.path, self.line = path, line
+
+
+def _config_error(key, message, has_value, value, source):
+    return ConfigError(key, message, value if has_value else ConfigError.NO_VALUE, source)

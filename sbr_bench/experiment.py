@@ -394,18 +394,20 @@ def write_experiment(run_dir, experiment: Experiment, config: dict) -> None:
 
 
 def _on_main(action) -> None:
-    """`action()` on rank 0; its UserError is raised on every rank."""
+    """`action()` on rank 0; its UserError (the exception itself) is raised on every rank."""
     from . import distributed
 
+    if distributed.world() == 1:
+        return action()
     error = None
     if distributed.is_main():
         try:
             action()
         except UserError as e:
-            error = str(e)
+            error = e
     error = distributed.broadcast_object(error)
     if error is not None:
-        raise UserError(error)
+        raise error
 
 
 def _load_in_turn(spec: dict):

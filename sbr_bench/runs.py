@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import significance
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .io import append_jsonl, atomic_path, read_json, read_jsonl, write_json, write_text
 
 TABLE_KS = (5, 10, 20)
@@ -240,18 +240,18 @@ class RunDir:
         started with one id cannot both pass them."""
         run = cls(Path(runs_dir) / check_run_id(run_id))
         if run.path.exists() and not run.path.is_dir():
-            raise UserError(f"--run-id {run_id}: {run.path} exists and is not a folder")
+            raise ConfigError("run_id", f"{run.path} exists and is not a folder", run_id)
         if lock:
-            run.lock(f"--run-id {run_id}")
+            run.lock(f"run {run_id}")
         try:
             if run.config_path.exists():
-                raise UserError(f"--run-id {run_id}: {run.path} already exists; use --resume {run_id} to continue "
-                                "it or choose another id")
+                raise ConfigError("run_id", f"{run.path} already exists; resume that run or choose another id",
+                                  run_id)
             leftovers = [p.name for p in run.path.iterdir() if p.name != ".lock"] if run.path.is_dir() else []
             if leftovers:  # a fresh run must not adopt (and resume) whatever units lie there
-                raise UserError(f"--run-id {run_id}: {run.path} already holds files but no config.json "
-                                f"({', '.join(sorted(leftovers)[:3])}{', ...' if len(leftovers) > 3 else ''}); "
-                                "remove it or choose another id")
+                raise ConfigError("run_id", f"{run.path} already holds files but no config.json "
+                                  f"({', '.join(sorted(leftovers)[:3])}{', ...' if len(leftovers) > 3 else ''}); "
+                                  "remove it or choose another id", run_id)
             write_json(run.config_path, config)
             write_json(run.env_path, env)
         except BaseException:
@@ -265,13 +265,13 @@ class RunDir:
         if (Path(ref) / "config.json").exists():
             return cls(Path(ref))
         if not RUN_ID_PATTERN.fullmatch(ref):  # not a folder, and as an id it would leave runs_dir
-            raise UserError(f"--resume {ref}: no run folder {Path(ref) / 'config.json'}, and not a run id "
-                            "(one folder name of letters, digits and ._-+=) to look for under --runs-dir")
+            raise ConfigError("resume", f"no run folder {Path(ref) / 'config.json'}, and not a run id (one "
+                              "folder name of letters, digits and ._-+=) to look for in the runs folder", ref)
         candidate = Path(runs_dir) / ref
         if (candidate / "config.json").exists():
             return cls(candidate)
-        raise UserError(f"--resume {ref}: no run found (looked for {Path(ref) / 'config.json'} and "
-                        f"{candidate / 'config.json'})")
+        raise ConfigError("resume", f"no run found (looked for {Path(ref) / 'config.json'} and "
+                          f"{candidate / 'config.json'})", ref)
 
     def lock(self, what: str) -> "RunDir":
         """Hold `<run>/.lock` until `unlock` or the end of the process (UserError naming the holder when

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695  # Molchanov et al. (2017), Eq. 14
 
@@ -120,7 +120,8 @@ class SparseVD:
         for p in paths:
             groups.setdefault(p, []).append(p)
         if not groups:
-            raise UserError("SparseVD: nothing to convert (the model declares no weight groups and no --paths given)")
+            raise ConfigError("paths", "SparseVD: nothing to convert (the model declares no weight groups and no "
+                              "paths were given)")
         self.groups: dict[str, list[str]] = {}
         self.layers: dict[str, LinearSVDO] = {}
         for group, module_paths in groups.items():

@@ -120,4 +120,5 @@ def test_epoch_default_is_capped_on_synthetic_and_explicit_settings_win():
 def test_existing_run_id_is_refused(tmp_path, capsys):
     assert run(tmp_path, "--dataset", "synthetic:tiny", "--models", "meanpool", "--epochs", "1", "--run-id", "same") == 0
     assert run(tmp_path, "--dataset", "synthetic:tiny", "--models", "meanpool", "--epochs", "1", "--run-id", "same") == 2
-    assert "--resume same" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--run-id same: " in err and "already exists; resume that run or choose another id" in err

@@ -188,7 +188,7 @@ def test_import_then_load_by_name(tmp_path, monkeypatch):
         prepare_dataset("mine", data_dir, seed=3)
     with pytest.raises(UserError, match="takes no protocol"):
         prepare_dataset("mine", data_dir, protocol="lessr")
-    with pytest.raises(UserError, match="--raw applies to sources only"):
+    with pytest.raises(UserError, match="raw files apply to sources only"):
         prepare_dataset("mine", data_dir, raw=folder / "test.txt")
     # The processed copy stands alone once the source folder is gone.
     for f in folder.iterdir():

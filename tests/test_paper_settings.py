@@ -1,10 +1,7 @@
 """Paper settings: Table 3 at equal d, compositions normalise embeddings before the encoder, the -IP
 ablation over all windows, and SparseVD's variational parameters free of weight decay."""
 
-
-import pytest
 import torch
-import torch.nn.functional as F
 
 from sbr_bench.experiment import Experiment
 from sbr_bench.models.base import Encoded, NormalisedInput

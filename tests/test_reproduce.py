@@ -34,7 +34,7 @@ def test_reference_numbers_are_the_papers():
 
 
 def test_unknown_paper_and_malformed_files_are_one_line_errors(tmp_path, monkeypatch):
-    with pytest.raises(UserError, match="--paper nope"):
+    with pytest.raises(UserError, match="paper = 'nope'"):
         load_reference("nope")
     import sbr_bench.references as refs
 

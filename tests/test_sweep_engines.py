@@ -99,7 +99,7 @@ def test_ray_address_that_does_not_answer(monkeypatch):
 
     fake = types.SimpleNamespace(is_initialized=lambda: False, init=init)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    with pytest.raises(UserError, match="--address ray://nowhere:10001: cannot connect"):
+    with pytest.raises(UserError, match="address = 'ray://nowhere:10001': cannot connect"):
         run_ray([Unit("/x", "srgnn", 0, "x")], "/d", "cpu", "ray://nowhere:10001", 1, 0, 3)
     assert calls == [{"address": "ray://nowhere:10001"}]
 

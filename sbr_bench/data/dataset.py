@@ -28,7 +28,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataFormatError, UserError
+from ..errors import ConfigError, DataFormatError, UserError
 from ..io import read_json, write_json
 from .sessions import SessionDataset, Split, make_dataset
 
@@ -73,7 +73,7 @@ def prepare_dataset(name="synthetic", data_dir="datasets", protocol=None, valid_
     if imported is not None and imported.exists() and not (is_source and (raw is not None or protocol is not None)):
         record = read_json(imported)
         if raw is not None:
-            raise UserError(f"'{name}' is imported from {record.get('path')}; --raw applies to sources only")
+            raise ConfigError("raw", f"'{name}' is imported from {record.get('path')}; raw files apply to sources only")
         if (params or protocol) and record.get("layout") != "clicklog":
             raise UserError(f"'{name}' is an imported preprocessed split; it takes no protocol or parameters "
                             f"({', '.join(sorted(params)) or protocol})")
@@ -83,7 +83,7 @@ def prepare_dataset(name="synthetic", data_dir="datasets", protocol=None, valid_
     if is_source:
         return _from_source(name.lower(), data_dir, protocol, valid_fraction, raw, refresh, params)
     if raw is not None:
-        raise UserError(f"--raw applies to the sources ({', '.join(source_names())}), not to '{name}'")
+        raise ConfigError("raw", f"raw files apply to the sources ({', '.join(source_names())}), not to '{name}'")
     if Path(name).exists():
         path = Path(name).resolve()
         record = _import_record(path, protocol, params)
@@ -101,7 +101,7 @@ def _synthetic(name, valid_fraction, protocol, raw, params) -> Prepared:
     from .synthetic import synthetic_dataset
 
     if protocol is not None or raw is not None:
-        raise UserError("synthetic data takes no --protocol or --raw")
+        raise ConfigError("dataset.protocol", "synthetic data takes no protocol and no raw files")
     unknown = set(params) - {"seed"}
     if unknown:
         raise UserError(f"synthetic data takes only the parameter 'seed', not {', '.join(sorted(unknown))}")

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 
-from ..errors import DataFormatError, UserError
+from ..errors import ConfigError, DataFormatError
 
 METRIC = re.compile(r"^(HR|MRR|NDCG)@\d+$")
 REQUIRED_PAPER = ("key", "title", "venue", "source", "selection")
@@ -58,7 +58,7 @@ def load_reference(key: str) -> Reference:
         UserError: no such paper. DataFormatError: a malformed file (named, with the bad row).
     """
     if key not in papers():
-        raise UserError(f"--paper {key}: no published numbers for it; known: {', '.join(papers())}")
+        raise ConfigError("paper", f"no published numbers for it; known: {', '.join(papers())}", key)
     path = resources.files(__name__) / f"{key}.toml"
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
