@@ -11,7 +11,7 @@ building is not timed; benchmarks/graph_build.py measures that), the matmul boun
 B and d, and the ratio step / bound. Models and the bound are timed interleaved, round by round, in one
 process with one thread, so load from other processes hits them alike; the default clock is the
 process's CPU time (user + system, so page faults count), which a busy machine disturbs far less than
-wall time. `--optimizer` adds the model's optimizer step (train.make_optimizer: Adam/AdamW over every
+wall time. `--optimizer` adds the model's optimizer step (training.make_optimizer: Adam/AdamW over every
 parameter, the item table included) as its own column, and `--fused-optimizer` the same optimizer with
 torch's fused kernel. `--keep-freed-memory` tells glibc's malloc to keep freed memory instead of returning
 every block over 32 MB to the system (a [|V|, d] tensor at d = 256 on Diginetica is 44 MB, and each

@@ -5,7 +5,7 @@ WORLD_SIZE, RANK and LOCAL_RANK in their environment. `session(device)` joins th
 (gloo on CPU, NCCL on CUDA with one GPU per process: cuda:LOCAL_RANK). Without torchrun (or with one
 process) nothing here is used and training is single-process, exactly as before.
 
-How the math stays that of single-process training (see `train.py`):
+How the math stays that of single-process training (see `training.py`):
 - every rank draws the same epoch permutation (same seed) and takes a contiguous share of each GLOBAL batch
   (`shard`), so `batch_size` stays the global batch size;
 - each rank's mean loss is scaled by `loss_weight` (its share of the global batch times the world size),

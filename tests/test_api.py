@@ -212,3 +212,19 @@ def test_example_plugin_installs_and_trains_by_name(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     summary = read_json(tmp_path / "runs/plugin/sessionmean/seed0/summary.json")
     assert summary["status"] == "ok" and summary["test"]["HR@20"] > 0
+
+
+def test_paths_named_in_the_code_and_docs_exist():
+    """Every project path a docstring, comment or doc names (docs/..., benchmarks/..., tests/..., sbr_bench/...,
+    examples/...) exists; paths into ../shared are the reference material, not ours."""
+    pattern = re.compile(r"(?<![\w./])((?:docs|benchmarks|tests|sbr_bench|examples)/[\w./-]*?\.(?:py|md|toml|json))\b")
+    missing, checked = [], 0
+    files = [*ROOT.glob("sbr_bench/**/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("docs/*.md"),
+             ROOT / "README.md", *ROOT.glob("examples/**/*.md")]
+    for path in files:
+        for ref in pattern.findall(path.read_text()):
+            checked += 1
+            if not (ROOT / ref).exists():
+                missing.append(f"{path.relative_to(ROOT)}: {ref}")
+    assert not missing, "\n".join(missing)
+    assert checked > 50

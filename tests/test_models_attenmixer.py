@@ -76,7 +76,7 @@ def dense_paper_scores(model, cfg, sessions):
 
 
 def dense_reference_scores(model, cfg, sessions, flat):
-    """The official standalone code's path (docs/reference-implementations.md §1.1 steps 2-11),
+    """The official standalone code's path (../shared/docs/reference-implementations.md §1.1 steps 2-11),
     on sessions zero-padded to T = compat_pad_len columns."""
     ro, E = model.readout, model.embedding.weight
     d, H, L, T = cfg["dim"], cfg["heads"], cfg["levels"], cfg["compat_pad_len"]

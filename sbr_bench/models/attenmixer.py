@@ -1,7 +1,7 @@
 """Atten-Mixer (Zhang et al., WSDM 2023): multi-level attention readout over packed positions.
 
 Paper Section 4 (defaults follow the paper; the official code behaves differently in many places,
-see docs/reference-implementations.md §1, and each difference is a named cfg flag below).
+see ../shared/docs/reference-implementations.md §1, and each difference is a named cfg flag below).
 
 Forward pass (n = session length, h̃_j = h_j/‖h_j‖ per position, L levels, H heads, d = H·d_h):
 

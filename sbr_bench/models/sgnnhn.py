@@ -31,7 +31,7 @@ Config keys (cfg) and compatibility flags:
 - `forward_positions_compat` (False): forward-order positions (p_0 = first click), as those two codes;
 - `highway` (True): False drops the highway network (RecBole-GNN has none);
 - plus the SR-GNN cell keys `gate_flip_compat`, `edge_count_weights`, and `dropout` on the embeddings.
-Defaults (paper, as recalled in docs/reference-implementations.md §4): d = 256, batch 100, lr 1e-3 decayed
+Defaults (paper, as recalled in ../shared/docs/reference-implementations.md §4): d = 256, batch 100, lr 1e-3 decayed
 0.1 every 3 epochs, l2 1e-5; 30 epochs and patience 10 as the SR-GNN lineage.
 
 Figure-2 weight groups: SR-GNN's gnn.* groups, plus gnn.other = W_q1, W_k1, W_q2, W_k2 (when they exist), W_g;
