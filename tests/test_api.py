@@ -228,3 +228,27 @@ def test_paths_named_in_the_code_and_docs_exist():
                 missing.append(f"{path.relative_to(ROOT)}: {ref}")
     assert not missing, "\n".join(missing)
     assert checked > 50
+
+
+def test_model_parameters_are_typed_dataclasses_next_to_their_models():
+    import dataclasses
+
+    from sbr_bench.models.config import TrainConfig
+
+    for name, spec in registry.specs().items():
+        assert dataclasses.is_dataclass(spec.defaults), name
+        if isinstance(spec, registry.ModelSpec):
+            assert isinstance(spec.defaults, TrainConfig), name
+    check = registry.model_config
+    assert check("srgnn", {"epochs": 2.0})["epochs"] == 2 and isinstance(check("srgnn", {"epochs": 2.0})["epochs"], int)
+    assert check("attenmixer", {"freeze_readout_compat": "attention"})["freeze_readout_compat"] == "attention"
+    assert check("attenmixer", {"freeze_readout_compat": True})["freeze_readout_compat"] is True
+    for name, key, value, message in [
+        ("srgnn", "step", 1.5, "must be a whole number"), ("srgnn", "nonhybrid", 1, "is true or false"),
+        ("srgnn", "lr", True, "is a number"), ("srgnn", "lr", float("nan"), "must be a finite number"),
+        ("attenmixer", "level_agg", 3, "is str"), ("attenmixer", "freeze_readout_compat", 2, "is bool | str"),
+        ("sknn", "k", "many", "is a whole number"), ("srgnn", "epochs", 0, "at least 1"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)) as info:
+            check(name, {key: value})
+        assert info.value.key == f"model_overrides.{name}.{key}"

@@ -268,7 +268,7 @@ def test_bad_options_are_user_errors():
 def test_srgnn_with_attenmixer_readout_builds_and_runs():
     model, cfg = build_model("srgnn+attenmixer", N_ITEMS, {"dim": 16, "heads": 4})
     assert isinstance(model.readout, AttenMixerReadout)
-    assert cfg["levels"] == SPECS["attenmixer"].defaults["levels"] and cfg["sigma"] == 12.0
+    assert cfg["levels"] == SPECS["attenmixer"].defaults.levels and cfg["sigma"] == 12.0
     loss, _ = model.loss(batch_of(SESSIONS))
     loss.backward()
     assert model(batch_of(SESSIONS)).shape == (len(SESSIONS), N_ITEMS)

@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from ..errors import UserError
-    from ..models.registry import specs, spec_for
+    from ..models.registry import TRAIN_DEFAULTS, parameters, spec_for, specs
 
     if args.action == "list":
         if args.name:
@@ -29,24 +29,10 @@ def main(args) -> int:
     if not args.name:
         raise UserError("models show: name a model, e.g. `sbr-bench models show srgnn`")
     spec = spec_for(args.name)
-    print(f"{args.name}: {spec.doc}\ndefined in: {spec.source}")
-    for key, default, origin in parameters(args.name):
-        print(f"  {key:28s} {default!r:>12}  {type(default).__name__:6s} {origin}")
+    schema = type(spec.defaults)
+    print(f"{args.name}: {spec.doc}\ndefined in: {spec.source} ({schema.__name__}: {(schema.__doc__ or '').strip()})")
+    shared = TRAIN_DEFAULTS if hasattr(spec, "encoder") else {}
+    for key, kind, default in parameters(args.name):
+        origin = "shared training default" if key in shared and shared[key] == default else "model"
+        print(f"  {key:28s} {default!r:>12}  {kind:10s} {origin}")
     return 0
-
-
-def parameters(name: str) -> list[tuple[str, object, str]]:
-    """(key, default, where the default comes from) of every parameter of model `name`."""
-    from ..models.registry import TRAIN_DEFAULTS, model_config, spec_for
-
-    spec, cfg = spec_for(name), model_config(name)
-    own = spec.defaults
-    rows = []
-    for key, default in cfg.items():
-        if key in own:
-            origin = "model" + (" (= shared training default)" if TRAIN_DEFAULTS.get(key, object()) == default
-                                else "")
-        else:
-            origin = "shared training default (models/registry.py TRAIN_DEFAULTS)"
-        rows.append((key, default, origin))
-    return rows

@@ -81,6 +81,7 @@ value_proj=True, session_l2norm=False, layernorm_out=True, scorer="cosine", sigm
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 import math
 
 import torch
@@ -90,6 +91,7 @@ from torch_geometric.utils import scatter, softmax, to_dense_batch
 
 from ..errors import ConfigError
 from .base import EmbeddingEncoder, Encoded, Readout
+from .config import TrainConfig, as_dict
 from .registry import ModelSpec
 from .scoring import normalised_scores
 
@@ -317,18 +319,44 @@ class AttenMixerReadout(Readout):
 
 # ---- registry ---------------------------------------------------------------------------------
 
-READOUT_DEFAULTS = dict(
-    levels=3, heads=8, lp_norm=4.0, level_agg="sum", level_anchor="last", level_pool="lp",
-    level_norm_axis="none", attn_scale="d", value_proj=False, flat_view_compat=False,
-    sigmoid_attention_compat=False, compat_pad_len=0, attention_dropout=0.1, session_l2norm=True,
-    layernorm_out=False, freeze_readout_compat=False, scorer="paper", sigma=12.0, item_dropout=0.1,
-)
-READOUT_KEYS = tuple(k for k in READOUT_DEFAULTS if k not in ("scorer", "sigma", "item_dropout"))
+@dataclass(frozen=True)
+class AttenMixerReadoutConfig:
+    """The readout and scorer: paper Section 4 defaults (L = 3 levels, H = 8 heads, L_p pooling with p = 4,
+    σ = 12); the `*_compat` switches reproduce the official code (see the module docstring)."""
 
+    levels: int = 3
+    heads: int = 8
+    lp_norm: float = 4.0
+    level_agg: str = "sum"
+    level_anchor: str = "last"
+    level_pool: str = "lp"
+    level_norm_axis: str = "none"
+    attn_scale: str = "d"
+    value_proj: bool = False
+    flat_view_compat: bool = False
+    sigmoid_attention_compat: bool = False
+    compat_pad_len: int = 0
+    attention_dropout: float = 0.1
+    session_l2norm: bool = True
+    layernorm_out: bool = False
+    freeze_readout_compat: bool | str = False
+    scorer: str = "paper"
+    sigma: float = 12.0
+    item_dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class AttenMixerConfig(AttenMixerReadoutConfig, TrainConfig):
+    """Atten-Mixer: the readout's parameters, d = 256, embedding dropout 0.1, the shared training defaults."""
+
+    dim: int = 256
+    embedding_dropout: float = 0.1
+
+
+READOUT_DEFAULTS = as_dict(AttenMixerReadoutConfig())
+READOUT_KEYS = tuple(k for k in READOUT_DEFAULTS if k not in ("scorer", "sigma", "item_dropout"))
 # dim is carried into compositions (srgnn+attenmixer) on purpose: the reference "w/" variants all run
 # at d = 256, and H = 8 heads must divide d (SR-GNN's own d = 100 would not split).
-DEFAULTS = dict(dim=256, batch_size=100, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30, patience=3,
-                embedding_dropout=0.1, **READOUT_DEFAULTS)
 READOUT_PARAMS = ("dim",) + tuple(READOUT_DEFAULTS)
 
 
@@ -348,7 +376,7 @@ def _spec(doc: str, **overrides) -> ModelSpec:
     return ModelSpec(
         ablation=bool(overrides),  # a Table 4 variant: named explicitly, not in "all"
         encoder=lambda n_items, cfg: EmbeddingEncoder(cfg["dim"], cfg["embedding_dropout"]),
-        readout=build_readout, scorer=build_scorer, defaults={**DEFAULTS, **overrides},
+        readout=build_readout, scorer=build_scorer, defaults=replace(AttenMixerConfig(), **overrides),
         readout_params=READOUT_PARAMS, doc=doc,
         # ENCODER+attenmixer: L2-normalise and drop out (0.1) item embeddings before the encoder, as the
         # paper's Figure 4 and its GNN w/ Atten-Mixer code do; input_norm="none" is the earlier behaviour.

@@ -32,6 +32,7 @@ pop returns a broadcast (read-only) view of its one score row; spop and sknn tak
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -209,6 +210,14 @@ class SessionKNN(CountingBaseline):
         return out
 
 
+@dataclass(frozen=True)
+class SKNNConfig:
+    """session-rec's ContextKNN defaults: the 100 most similar of the 500 most recent candidate sessions."""
+
+    k: int = 100
+    sample_size: int = 500
+
+
 SPECS = {
     "pop": BaselineSpec(
         build=lambda n_items, cfg: Popularity(n_items),
@@ -220,7 +229,7 @@ SPECS = {
     ),
     "sknn": BaselineSpec(
         build=lambda n_items, cfg: SessionKNN(n_items, cfg["k"], cfg["sample_size"]),
-        defaults=dict(k=100, sample_size=500),
+        defaults=SKNNConfig(),
         doc="session kNN (session-rec ContextKNN): cosine on item sets, 500 most recent candidates, top 100",
     ),
 }

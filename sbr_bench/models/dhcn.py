@@ -49,6 +49,7 @@ There is no transformation layer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import warnings
 
 import numpy as np
@@ -61,6 +62,7 @@ from torch_geometric.utils import scatter
 from ..data.sessions import slice_gather
 from ..errors import ConfigError, UserError
 from .base import DotScorer, Encoded, Encoder, Readout
+from .config import TrainConfig
 from .registry import ModelSpec
 
 LAYER_POOLS = ("mean", "sum")
@@ -292,15 +294,29 @@ class DHCNReadout(Readout):
         return {"readout.query": ["glu2"], "readout.key": ["w1", "glu1"], "readout.other": ["w2"]}
 
 
+@dataclass(frozen=True)
+class DHCNConfig(TrainConfig):
+    """DHCN (see the module docstring): d = 100, 3 layers, β = 0.01, Adam lr 1e-3 without weight decay or
+    learning-rate decay."""
+
+    l2: float = 0.0
+    lr_decay: float = 1.0
+    layers: int = 3
+    layer_pool: str = "mean"
+    hyperedges: str = "sessions"
+    hyper_min_weight: float = 0.0
+    max_len: int = 200
+    beta_ssl: float = 0.01
+    ssl_reduction: str = "mean"
+
+
 SPECS = {
     "dhcn": ModelSpec(
         encoder=lambda n_items, cfg: DHCNEncoder(n_items, cfg["layers"], cfg["layer_pool"], cfg["hyperedges"],
                                                  cfg["hyper_min_weight"]),
         readout=lambda cfg: DHCNReadout(cfg["dim"], cfg["max_len"], cfg["beta_ssl"], cfg["ssl_reduction"]),
         scorer=lambda cfg: DotScorer(),
-        defaults=dict(dim=100, batch_size=100, lr=1e-3, l2=0.0, lr_decay=1.0, epochs=30, layers=3,
-                      layer_pool="mean", hyperedges="sessions", hyper_min_weight=0.0, max_len=200,
-                      beta_ssl=0.01, ssl_reduction="mean"),
+        defaults=DHCNConfig(),
         readout_params=("max_len", "beta_ssl", "ssl_reduction"),
         doc="DHCN (AAAI 2021): weight-free hypergraph convolution over the training item hypergraph, "
             "position-aware soft attention, line-graph self-supervision in training",

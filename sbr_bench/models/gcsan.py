@@ -31,12 +31,14 @@ Linears; readout.transform = each block's FFN Linears. ω has no parameters.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import to_dense_batch
 
 from .base import DotScorer, Encoded, Readout
+from .config import TrainConfig
 from .registry import ModelSpec
 from .srgnn import SRGNNEncoder
 
@@ -135,15 +137,31 @@ class GCSANReadout(Readout):
         return groups
 
 
+@dataclass(frozen=True)
+class GCSANConfig(TrainConfig):
+    """GC-SAN (paper §5): d = 120, batch 50, k = 4 blocks, ω = 0.52; the rest as SR-GNN."""
+
+    dim: int = 120
+    batch_size: int = 50
+    dropout: float = 0.0
+    patience: int = 10
+    step: int = 1
+    gate_flip_compat: bool = False
+    edge_count_weights: bool = False
+    blocks: int = 4
+    heads: int = 1
+    omega: float = 0.52
+    ffn_dropout: float = 0.2
+    share_blocks_compat: bool = False
+    attn_unmasked_compat: bool = False
+
+
 SPECS = {
     "gcsan": ModelSpec(
         encoder=lambda n_items, cfg: SRGNNEncoder.from_cfg(cfg),
         readout=GCSANReadout.from_cfg,
         scorer=lambda cfg: DotScorer(),
-        defaults=dict(dim=120, batch_size=50, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30, dropout=0.0,
-                      patience=10, step=1, gate_flip_compat=False, edge_count_weights=False,
-                      blocks=4, heads=1, omega=0.52, ffn_dropout=0.2,
-                      share_blocks_compat=False, attn_unmasked_compat=False),
+        defaults=GCSANConfig(),
         readout_params=("blocks", "heads", "omega", "ffn_dropout", "share_blocks_compat", "attn_unmasked_compat"),
         doc="GC-SAN: SR-GNN gated GNN, k self-attention blocks, S_f = ω F_n + (1-ω) h_n, dot scores",
     ),

@@ -51,6 +51,7 @@ an encoder of that width (a clear error says so otherwise).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
@@ -59,6 +60,7 @@ from ..errors import UserError
 from ..nn.eopa_conv import EOPAConv
 from ..nn.sgat_conv import SGATConv
 from .base import DotScorer, Encoded, Encoder, Readout
+from .config import TrainConfig
 from .registry import ModelSpec
 
 
@@ -160,13 +162,28 @@ def _default_init_within_max_norm(model, cfg) -> None:
             weight.copy_(renormalised_table(weight, cfg["max_norm"]))
 
 
+@dataclass(frozen=True)
+class LESSRConfig(TrainConfig):
+    """LESSR (paper §5 and the official code): d = 64, 4 layers, dropout 0.2, AdamW lr 1e-3 with weight
+    decay 1e-4, batch 512, patience 2, no learning-rate decay."""
+
+    dim: int = 64
+    num_layers: int = 4
+    feat_drop: float = 0.2
+    max_norm: float = 1.0
+    optimizer: str = "adamw"
+    l2: float = 1e-4
+    batch_size: int = 512
+    patience: int = 2
+    lr_decay: float = 1.0
+
+
 SPECS = {
     "lessr": ModelSpec(
         encoder=lambda n_items, cfg: LESSREncoder(cfg["dim"], cfg["num_layers"], cfg["feat_drop"], cfg["max_norm"]),
         readout=lambda cfg: LESSRReadout(cfg["dim"], cfg["dim"] * (cfg["num_layers"] + 1), cfg["feat_drop"]),
         scorer=lambda cfg: DotScorer(),
-        defaults=dict(dim=64, num_layers=4, feat_drop=0.2, max_norm=1.0, optimizer="adamw", lr=1e-3, l2=1e-4,
-                      batch_size=512, patience=2, epochs=30, lr_decay=1.0),
+        defaults=LESSRConfig(),
         readout_params=("num_layers", "feat_drop"),
         init=_default_init_within_max_norm,
         doc="LESSR (KDD 2020): EOPA + SGAT layers (DenseNet concat), attention readout over nodes, "

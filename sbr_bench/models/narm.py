@@ -31,6 +31,7 @@ gnn.gate_hh = h2h; readout.query = A1, readout.key = A2, readout.other = v, read
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 
 import torch
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
 from .base import DotScorer, Encoded, Encoder, Readout, gru_update
+from .config import TrainConfig
 from .registry import ModelSpec
 
 
@@ -119,13 +121,25 @@ def init_like_authors(model, cfg) -> None:
                     nn.init.orthogonal_(gate)
 
 
+@dataclass(frozen=True)
+class NARMConfig(TrainConfig):
+    """NARM (the authors' code): d = 100, batch 512, dropout 0.25 on embeddings and 0.5 before decoding,
+    Adam lr 1e-3 without weight decay or learning-rate decay."""
+
+    batch_size: int = 512
+    l2: float = 0.0
+    lr_decay: float = 1.0
+    dropout: float = 0.25
+    ct_dropout: float = 0.5
+    attn_softmax: bool = True
+
+
 SPECS = {
     "narm": ModelSpec(
         encoder=lambda n_items, cfg: NARMEncoder(cfg["dim"], cfg["dropout"]),
         readout=lambda cfg: NARMReadout(cfg["dim"], cfg["ct_dropout"], cfg["attn_softmax"]),
         scorer=lambda cfg: DotScorer(),
-        defaults=dict(dim=100, batch_size=512, lr=1e-3, l2=0.0, lr_decay=1.0, epochs=30,
-                      dropout=0.25, ct_dropout=0.5, attn_softmax=True),
+        defaults=NARMConfig(),
         readout_params=("ct_dropout", "attn_softmax"),
         init=init_like_authors,
         doc="NARM: GRU encoder, last state + attention over states, bilinear decoder (dot scores)",

@@ -31,6 +31,7 @@ score in seconds; `medium` and `diginetica` are refused with a clear error (and 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 from itertools import combinations
 
@@ -191,10 +192,18 @@ class SyntheticOracle(nn.Module):
         return torch.from_numpy(self.predictive(prefixes, lengths)).to(batch.x.device)
 
 
+@dataclass(frozen=True)
+class OracleConfig:
+    """Which synthetic dataset the oracle rebuilds (set by the run from the dataset itself)."""
+
+    synthetic_size: str = ""
+    synthetic_seed: int = 0
+
+
 SPECS = {
     "oracle": BaselineSpec(
         build=lambda n_items, cfg: SyntheticOracle(n_items, cfg["synthetic_size"], cfg["synthetic_seed"]),
-        defaults=dict(synthetic_size="", synthetic_seed=0),
+        defaults=OracleConfig(),
         doc="synthetic data only: Bayes-optimal next-item ranking under the generator (the attainable ceiling)",
     ),
 }

@@ -15,24 +15,18 @@ group `sbr_bench.models`, which is imported (and so registers its models) the fi
 from __future__ import annotations
 
 import importlib
-import math
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Callable
 
 from ..errors import ConfigError
+from . import config
 
 ENTRY_POINT_GROUP = "sbr_bench.models"
 
-# Training defaults shared by the reference code bases (SR-GNN lineage); each spec overrides its own.
-TRAIN_DEFAULTS = dict(
-    dim=100, batch_size=100, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30, patience=3,
-    optimizer="adam", scheduler_at_start_compat=False,
-)
-
-AT_LEAST_ONE = ("epochs", "batch_size", "dim")
-INTEGER = AT_LEAST_ONE + ("patience", "lr_step")  # counts: 1.7 epochs is a typo, not a setting
+# Training defaults shared by the reference code bases (SR-GNN lineage); each model's config extends them.
+TRAIN_DEFAULTS = config.as_dict(config.TrainConfig())
 
 MODEL_MODULES = [
     "sbr_bench.models.attenmixer",
@@ -59,7 +53,7 @@ class ModelSpec:
     encoder: Callable
     readout: Callable
     scorer: Callable
-    defaults: dict = field(default_factory=dict)
+    defaults: object = field(default_factory=config.TrainConfig)  # a config dataclass (a dict is typed on registration)
     readout_params: tuple = ()  # cfg keys owned by the readout/scorer (carried over in compositions)
     init: Callable | None = None  # init(model, cfg); default: SBRModel.reset_parameters()
     doc: str = ""
@@ -75,7 +69,7 @@ class BaselineSpec:
     """A model fitted by counting (pop, s-pop, sknn): build(n_items, cfg) -> object with fit/score."""
 
     build: Callable
-    defaults: dict = field(default_factory=dict)
+    defaults: object = field(default_factory=config.NoParams)
     doc: str = ""
     ablation: bool = False
     source: str = ""
@@ -96,7 +90,8 @@ def register_model(name: str, spec: ModelSpec | BaselineSpec | None = None, *, r
 
     Args:
         name: the model's name: letters, digits, `_` and `-` (`+` is how models compose).
-        defaults: the model's parameters and their defaults; a neural model also has `TRAIN_DEFAULTS`.
+        defaults: the model's parameters: a config dataclass (`models.config`; a neural model's extends
+            `TrainConfig`), or a dict of defaults whose types are taken from the values.
         doc: one line for `models list`.
     Returns:
         The spec (direct call) or the decorated class, unchanged.
@@ -110,6 +105,7 @@ def register_model(name: str, spec: ModelSpec | BaselineSpec | None = None, *, r
 
     def add(made):
         made.source = made.source or _caller_module()
+        _typed(name, made)
         _REGISTERED[name] = made
         if _SPECS is not None:
             _SPECS[name] = made
@@ -122,16 +118,23 @@ def register_model(name: str, spec: ModelSpec | BaselineSpec | None = None, *, r
         from .base import DotScorer
 
         if getattr(cls, "trainable", True) is False:
-            add(BaselineSpec(build=cls, defaults=dict(defaults or {}), doc=doc, source=cls.__module__))
+            add(BaselineSpec(build=cls, defaults=_given(defaults), doc=doc, source=cls.__module__))
         else:
             if readout is None:
                 raise ValueError(f"register_model({name!r}): an encoder needs `readout=` (a factory taking cfg)")
             add(ModelSpec(encoder=cls, readout=readout, scorer=scorer or (lambda cfg: DotScorer()),
-                          defaults=dict(defaults or {}), readout_params=tuple(readout_params), doc=doc,
+                          defaults=_given(defaults), readout_params=tuple(readout_params), doc=doc,
                           source=cls.__module__))
         return cls
 
     return decorate
+
+
+def _given(defaults):
+    """A config dataclass instance as given, else a dict (typed by `_typed` on registration)."""
+    import dataclasses
+
+    return defaults if dataclasses.is_dataclass(defaults) else dict(defaults or {})
 
 
 def _caller_module() -> str:
@@ -152,7 +155,7 @@ def specs() -> dict:
         for mod_name in MODEL_MODULES:
             for name, spec in importlib.import_module(mod_name).SPECS.items():
                 spec.source = spec.source or mod_name
-                found[name] = spec
+                found[name] = _typed(name, spec)
         _SPECS = found
         _load_plugins()
         for name, spec in _REGISTERED.items():
@@ -160,6 +163,15 @@ def specs() -> dict:
                 raise ValueError(f"model name {name!r} from {spec.source} is already a built-in model")
             found[name] = spec
     return _SPECS
+
+
+def _typed(name: str, spec):
+    """A spec whose `defaults` is a config dataclass: plain dict defaults get types from their values."""
+    if isinstance(spec.defaults, dict):
+        base = config.TrainConfig if isinstance(spec, ModelSpec) else None
+        spec.defaults = config.from_dict(name.replace("-", "_"), spec.defaults, base) if spec.defaults or base \
+            else config.NoParams()
+    return spec
 
 
 def _load_plugins() -> None:
@@ -214,63 +226,37 @@ def spec_for(name: str):
             if part not in known or not isinstance(known[part], ModelSpec):
                 raise ConfigError("models", f"'{part}' in '{name}' is not a neural model; known: "
                                   f"{', '.join(sorted(n for n, s in known.items() if isinstance(s, ModelSpec)))}")
-        enc, ro = known[enc_name], known[ro_name]
-        defaults = dict(enc.defaults)
-        defaults.update({k: ro.defaults[k] for k in ro.readout_params if k in ro.defaults})
+        enc, ro = _typed(enc_name, known[enc_name]), _typed(ro_name, known[ro_name])
+        parts = [(enc.defaults, None), (ro.defaults, ro.readout_params)]
         if ro.composed_input:
-            defaults.update(ro.composed_input, **enc.composed_input)
+            parts += [(config.from_dict("Input", dict(ro.composed_input, **enc.composed_input)), None)]
+        defaults = config.compose(f"{enc_name}_{ro_name}_Config", f"{type(enc.defaults).__name__} with the readout "
+                                  f"parameters of {type(ro.defaults).__name__}", *parts)
         return ModelSpec(enc.encoder, ro.readout, ro.scorer, defaults, ro.readout_params, enc.init,
                          doc=f"{enc_name} encoder with the {ro_name} readout", source=f"{enc.source} + {ro.source}")
     if name not in known:
         raise ConfigError("models", f"unknown model '{name}'; known: {', '.join(sorted(known))}, "
                           "or ENCODER+READOUT (e.g. srgnn+attenmixer)")
-    return known[name]
-
-
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def check_param(name: str, key: str, value, default):
-    """`value` for parameter `key` of model `name` (default `default`), converted, or a ConfigError:
-    a number where the default is a number, a whole number for counts, a bool for a switch, a string
-    for a choice (a parameter whose default is None or mixed takes any value the model accepts)."""
-    where = f"model_overrides.{name}.{key}"
-    if _number(default):
-        if not _number(value):
-            raise ConfigError(where, f"'{key}' is a number (default {default})", value)
-        if not math.isfinite(value):  # JSON parsing accepts NaN and Infinity
-            raise ConfigError(where, f"'{key}' must be a finite number", value)
-        if key in INTEGER or (isinstance(default, int) and not isinstance(value, int) and value == int(value)):
-            if value != int(value):
-                raise ConfigError(where, f"'{key}' must be a whole number", value)
-            value = int(value)
-        if key in AT_LEAST_ONE and value < 1:
-            raise ConfigError(where, "must be at least 1", value)
-    elif isinstance(default, bool) and not isinstance(value, bool) and value not in MIXED_SWITCHES.get(key, ()):
-        raise ConfigError(where, f"'{key}' is true or false (default {str(default).lower()})", value)
-    elif isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(where, f"'{key}' is a string (default {default!r})", value)
-    return value
-
-
-# Switches that also take a string mode (Atten-Mixer's freeze_readout_compat: false, true, attention, all).
-MIXED_SWITCHES = {"freeze_readout_compat": ("attention", "all")}
+    return _typed(name, known[name])
 
 
 def model_config(name: str, overrides: dict | None = None) -> dict:
-    """The cfg of model `name`: its defaults (and `TRAIN_DEFAULTS` for a neural model) with `overrides`,
-    each checked by `check_param`; an unknown key is a ConfigError naming the model's parameters."""
-    spec = spec_for(name)
-    # Counting baselines have no training loop: only their own parameters.
-    cfg = {} if isinstance(spec, BaselineSpec) else dict(TRAIN_DEFAULTS)
-    cfg.update(spec.defaults)
+    """The cfg of model `name`: its config's defaults with `overrides`, each checked against its field's
+    type (`config.check`); an unknown key is a ConfigError naming the model's parameters."""
+    params = config.fields(spec_for(name).defaults)
+    cfg = {key: default for key, (_, default) in params.items()}
     for key, value in (overrides or {}).items():
         if key not in cfg:
             raise ConfigError(f"model_overrides.{name}.{key}",
                               f"'{name}' has no parameter '{key}'; it has: {', '.join(sorted(cfg))}")
-        cfg[key] = check_param(name, key, value, cfg[key])
+        cfg[key] = config.check(name, key, value, *params[key])
     return cfg
+
+
+def parameters(name: str) -> list[tuple[str, str, object]]:
+    """(key, type name, default) of every parameter of model `name`, in declaration order."""
+    return [(key, config.type_name(kind), default) for key, (kind, default) in
+            config.fields(spec_for(name).defaults).items()]
 
 
 def build_model(name: str, n_items: int, overrides: dict | None = None):

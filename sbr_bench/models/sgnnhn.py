@@ -41,6 +41,7 @@ readout.transform = W. The position table is an embedding (no group).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 
 import torch
@@ -50,6 +51,7 @@ from torch_geometric.utils import scatter, softmax
 
 from ..errors import ConfigError, UserError
 from .base import CosineScorer, Encoded, Encoder, Readout
+from .config import TrainConfig
 from .registry import ModelSpec
 from .scoring import normalised_scores
 from ..nn.gated_session_conv import GatedSessionConv
@@ -176,16 +178,31 @@ def make_scorer(cfg: dict) -> nn.Module:
     raise ConfigError("overrides.scorer", "sgnnhn's scorer must be 'layernorm' or 'cosine'", cfg["scorer"])
 
 
+@dataclass(frozen=True)
+class SGNNHNConfig(TrainConfig):
+    """SGNN-HN (see the module docstring for the sources): d = 256, 2 layers, highway network, τ = 12."""
+
+    dim: int = 256
+    dropout: float = 0.0
+    patience: int = 10
+    step: int = 2
+    highway: bool = True
+    star_gate_softmax_compat: bool = False
+    star_plain_dot_compat: bool = False
+    forward_positions_compat: bool = False
+    gate_flip_compat: bool = False
+    edge_count_weights: bool = False
+    max_positions: int = 200
+    scorer: str = "layernorm"
+    sigma: float = 12.0
+
+
 SPECS = {
     "sgnnhn": ModelSpec(
         encoder=lambda n_items, cfg: StarEncoder.from_cfg(cfg),
         readout=lambda cfg: SGNNHNReadout(cfg["dim"], cfg["max_positions"], cfg["forward_positions_compat"]),
         scorer=make_scorer,
-        defaults=dict(dim=256, batch_size=100, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30, dropout=0.0,
-                      patience=10, step=2, highway=True, star_gate_softmax_compat=False,
-                      star_plain_dot_compat=False, forward_positions_compat=False,
-                      gate_flip_compat=False, edge_count_weights=False,
-                      max_positions=200, scorer="layernorm", sigma=12.0),
+        defaults=SGNNHNConfig(),
         readout_params=("max_positions", "forward_positions_compat", "scorer", "sigma"),
         doc="SGNN-HN: star graph + highway network, star-aware soft attention, layer-normalised scores × τ",
         composed_input=dict(input_norm="layernorm", input_dropout=0.0),  # SGNN-HN-AM's LayerNorm on embeddings

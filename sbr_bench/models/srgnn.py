@@ -33,12 +33,15 @@ The post-aggregation biases b_iah/b_oah are bias vectors (no weight matrix), so 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from ..nn.gated_session_conv import GatedSessionConv
 from .base import DotScorer, Encoded, Encoder, Readout
+from .config import TrainConfig
 from .registry import ModelSpec
 
 
@@ -101,13 +104,25 @@ class SRGNNReadout(Readout):
         return groups
 
 
+@dataclass(frozen=True)
+class SRGNNConfig(TrainConfig):
+    """SR-GNN (paper §4 and the official code): d = 100, batch 100, Adam lr 1e-3 decayed 0.1 every 3 epochs,
+    l2 1e-5, one propagation step; patience 10 as the official code."""
+
+    patience: int = 10
+    dropout: float = 0.0
+    step: int = 1
+    nonhybrid: bool = False
+    gate_flip_compat: bool = False
+    edge_count_weights: bool = False
+
+
 SPECS = {
     "srgnn": ModelSpec(
         encoder=lambda n_items, cfg: SRGNNEncoder.from_cfg(cfg),
         readout=lambda cfg: SRGNNReadout(cfg["dim"], cfg["nonhybrid"]),
         scorer=lambda cfg: DotScorer(),
-        defaults=dict(dim=100, batch_size=100, lr=1e-3, l2=1e-5, lr_step=3, lr_decay=0.1, epochs=30, dropout=0.0,
-                      patience=10, step=1, nonhybrid=False, gate_flip_compat=False, edge_count_weights=False),
+        defaults=SRGNNConfig(),
         readout_params=("nonhybrid",),
         doc="SR-GNN: gated GNN over the session graph, unnormalised soft-attention readout, dot scores",
     ),
