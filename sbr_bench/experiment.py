@@ -229,6 +229,7 @@ class Experiment:
         if "oracle" in configs and is_synthetic(dataset):  # the oracle rebuilds this dataset's generator
             configs["oracle"].update(synthetic_size=dataset.meta["size"], synthetic_seed=int(dataset.meta["seed"]))
         for name, cfg in configs.items():
+            check_memory(name, cfg, dataset.n_items)
             try:
                 build_model(name, dataset.n_items, cfg)
             except (ValueError, TypeError) as e:
@@ -276,15 +277,32 @@ class Experiment:
 
 
 def resume(run, runs_dir="runs", device: str | None = None, checkpoint_every: int | None = None,
-           deterministic: bool = False, progress: bool = False) -> "Results":
+           deterministic: bool = False, progress: bool = False, discard_checkpoint: bool = False) -> "Results":
     """Continue an interrupted run (a run id under `runs_dir` or a run folder) with its recorded config:
-    finished units are kept, an unfinished one continues from its checkpoint."""
+    finished units are kept, an unfinished one continues from its checkpoint. `discard_checkpoint`: a
+    checkpoint that cannot be read is moved aside and its unit trained from scratch."""
     from .runs import RunDir
 
     run_dir = RunDir.open(str(run), runs_dir)
-    options = dict(checkpoint_every=checkpoint_every, deterministic=deterministic, what=f"resume {run}")
+    options = dict(checkpoint_every=checkpoint_every, deterministic=deterministic, what=f"resume {run}",
+                   discard_checkpoint=discard_checkpoint)
     return _in_session(device or run_dir.config()["device"], lambda dev, quiet: _execute(
         run_dir, None, dev, progress and not quiet, "local", {}, None, **options))
+
+
+def check_memory(name: str, cfg: dict, n_items: int) -> None:
+    """Refuse a model that cannot fit: its item table and one d x d weight, each with its gradient and
+    Adam's two moments (16 bytes a number), are a lower bound of what training holds; more than this
+    machine's memory is a ConfigError with the estimate (before anything is allocated)."""
+    if "dim" not in cfg:
+        return
+    dim = int(cfg["dim"])
+    need = 16 * ((n_items + 1) * dim + dim * dim)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ConfigError(f"model_overrides.{name}.dim", f"needs at least {need / 2**30:,.0f} GiB (the item "
+                          f"table of {n_items:,} items and one {dim:,} x {dim:,} weight, with gradients and Adam "
+                          f"states), more than the {have / 2**30:,.0f} GiB of memory this machine has", dim)
 
 
 def epoch_cap(dataset_name: str) -> int | None:
@@ -306,12 +324,12 @@ def _in_session(device_name: str, body):
 
 
 def _execute(run_dir, experiment, device, progress, engine, engine_options, command, checkpoint_every=None,
-             deterministic=False, what=""):
+             deterministic=False, what="", discard_checkpoint=False):
     """A new run of `experiment`, or the resumed `run_dir`. The run folder stays locked throughout
     (`sbr_bench.lock`; a second process on it is refused)."""
     from . import distributed
     from .env import environment
-    from .io import write_json
+    from .io import remove_orphans, write_json
     from .runs import dataset_fingerprint, new_run_id
     from .training import resolve_device, seed_everything
 
@@ -325,6 +343,9 @@ def _execute(run_dir, experiment, device, progress, engine, engine_options, comm
                 config["checkpoint_every"] = checkpoint_every
             if deterministic:
                 config["deterministic"] = True
+            config["discard_checkpoint"] = discard_checkpoint  # for this process only, not recorded
+            for folder in (run_dir.path, *(p for p in run_dir.path.iterdir() if p.is_dir())):
+                remove_orphans(folder)
             dataset = _load_in_turn(config["dataset"])
             if dataset_fingerprint(dataset) != config["dataset"]["fingerprint"]:
                 raise UserError(f"{what}: dataset '{config['dataset']['name']}' differs from the one this run "

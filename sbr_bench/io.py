@@ -1,8 +1,11 @@
-"""Atomic file writes: a crash never leaves a half-written cache, record or checkpoint."""
+"""Atomic file writes: a crash never leaves a half-written cache, record or checkpoint. The temporary file
+of a write is `.<name>.<pid>.<random>.tmp` next to its target; one left by a killed process is removed by
+`remove_orphans` (only when its process is gone, so a concurrent writer's file stays)."""
 
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -12,7 +15,7 @@ def atomic_path(path):
     """Yield a temporary path in the same folder; move it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -26,6 +29,37 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+_ORPHAN = re.compile(r"\..+\.(\d+)\.[^.]+\.tmp")
+
+
+def remove_orphans(folder) -> list[Path]:
+    """Delete the temporary files in `folder` (not below) whose writing process no longer runs on this
+    machine; return them."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        m = _ORPHAN.fullmatch(path.name)
+        if m and path.is_file() and not _running(int(m.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    return True
 
 
 def write_text(path, text):

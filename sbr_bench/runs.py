@@ -72,6 +72,17 @@ def config_hash(config: dict) -> str:
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{0,199}")
 
 
+def read_record(path, advice: str):
+    """A JSON record of a run, or a RecordError naming the file when it is truncated or not JSON."""
+    try:
+        data = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path}: not a readable record ({type(e).__name__}: {e}); {advice}") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: not a record (a JSON object); {advice}")
+    return data
+
+
 def check_run_id(run_id: str, flag: str = "run id") -> str:
     if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
         raise UserError(f"{flag} {run_id!r}: a run id is one folder name of letters, digits and ._-+= "
@@ -156,7 +167,8 @@ class Run:
         return summary is not None and summary.get("status") == "ok"
 
     def read_summary(self) -> dict | None:
-        return read_json(self.summary_path) if self.summary_path.exists() else None
+        return read_record(self.summary_path, "delete it to train this unit again") \
+            if self.summary_path.exists() else None
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary_path, dict(summary, model=self.model, seed=self.seed))
@@ -176,6 +188,17 @@ class Run:
         """On resume: the epoch log becomes exactly the history stored in the checkpoint (an epoch that
         was logged but not checkpointed before a crash is redone, and must not appear twice)."""
         write_text(self.epochs_path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
+
+    def discard_unreadable_checkpoint(self) -> Path | None:
+        """Move an unreadable checkpoint.pt aside (checkpoint.pt.discarded-<time>) so the unit trains from
+        scratch; return where it went, or None when there was nothing to discard."""
+        try:
+            self.load_checkpoint()
+            return None
+        except RecordError:
+            aside = self.path / f"{self.checkpoint_path.name}.discarded-{time.strftime('%Y%m%d-%H%M%S')}"
+            self.checkpoint_path.rename(aside)
+            return aside
 
     def save_checkpoint(self, state: dict) -> None:
         import torch
@@ -200,7 +223,8 @@ class Run:
             reason = (f"it would unpickle {unsafe.group(1)}, which no checkpoint holds" if unsafe else
                       text.splitlines()[0][:160] if text else type(e).__name__)
             raise RecordError(f"{self.checkpoint_path}: not a checkpoint that can be loaded safely ({reason}); "
-                              "delete it to train this unit from scratch") from None
+                              "resume with discard_checkpoint (--discard-checkpoint) to move it aside and train "
+                              "this unit from scratch") from None
 
     def write_ranks(self, result, lengths) -> None:
         with atomic_path(self.ranks_path) as tmp:
@@ -213,8 +237,12 @@ class Run:
     def read_ranks(self) -> dict | None:
         if not self.ranks_path.exists():
             return None
-        with np.load(self.ranks_path) as z:
-            return {k: z[k] for k in z.files}
+        try:
+            with np.load(self.ranks_path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+            raise RecordError(f"{self.ranks_path}: not a readable ranks file ({type(e).__name__}: {e}); delete it "
+                              "and the unit's summary.json to evaluate this unit again") from None
 
 
 class RunDir:
@@ -288,7 +316,8 @@ class RunDir:
             self._lock.release()
 
     def config(self) -> dict:
-        return read_json(self.config_path)
+        return read_record(self.config_path, "the run's settings are lost; start a new run (its experiment.toml, "
+                           "if intact, holds them)")
 
     def unit(self, model: str, seed: int) -> Run:
         return Run(self.path / model / f"seed{seed}", model, seed)

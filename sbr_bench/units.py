@@ -23,11 +23,12 @@ def load_dataset(spec: dict):
 
 
 def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config: dict, progress: bool):
-    """Train one model with one seed; record a failure instead of raising (the other units go on)."""
+    """Train one model with one seed; record a failure instead of raising (the other units go on).
+    `config["discard_checkpoint"]` (set by a resume, never recorded) moves an unreadable checkpoint aside."""
     from . import distributed
-    from .io import write_text
+    from .io import remove_orphans
     from .models.registry import build_model
-    from .runs import RecordError, selection_of
+    from .runs import RecordError, Run, selection_of
     from .training import TrainingFailed, seed_everything, train_model
 
     unit = run_dir.unit(name, seed)
@@ -35,6 +36,13 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
         summary = unit.read_summary()
         print(f"[{name} seed {seed}] already finished ({summary.get('status')}), skipped")
         return summary
+    if distributed.is_main():
+        for folder in (unit.path, unit.path / "refit"):
+            remove_orphans(folder)  # temporary files of a process killed while writing
+        if config.get("discard_checkpoint"):
+            for record in (unit, Run(unit.path / "refit", name, seed)):
+                if (aside := record.discard_unreadable_checkpoint()) is not None:
+                    print(f"[{name} seed {seed}] unreadable checkpoint moved to {aside}; training from scratch")
     print(f"[{name} seed {seed}] {'resuming' if unit.checkpoint_path.exists() else 'training'} on {device}",
           flush=True)
     def build():
@@ -62,10 +70,8 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
     except Exception as e:  # a broken model must not take the other models down
         if distributed.world() > 1:  # ... except under torchrun: stop the job; --resume retries the unit
             raise
-        write_text(unit.path / "error.txt", traceback.format_exc())
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-        print(f"[{name} seed {seed}] FAILED: {reason} (traceback in {unit.path / 'error.txt'})", file=sys.stderr)
-        return unit.fail(reason)
+        return _record_failure(unit, reason, traceback.format_exc())
     finally:
         for tracker in trackers:
             tracker.close()
@@ -73,3 +79,22 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
     print(f"[{name} seed {seed}] test{tag} HR@20 {test.get('HR@20', float('nan')):.2f}  "
           f"MRR@20 {test.get('MRR@20', float('nan')):.2f}  (best epoch {summary.get('best_epoch')})", flush=True)
     return summary
+
+
+def _record_failure(unit, reason: str, trace: str) -> dict:
+    """Record a failed unit: error.txt and a failed summary. Writing either may itself fail (a full disk):
+    then say so and go on to the next unit, with the failure in this process's output only."""
+    from .io import write_text
+
+    where = f"traceback in {unit.path / 'error.txt'}"
+    try:
+        write_text(unit.path / "error.txt", trace)
+    except OSError as e:
+        where = f"traceback not written: {e.strerror or e}"
+    print(f"[{unit.model} seed {unit.seed}] FAILED: {reason} ({where})", file=sys.stderr)
+    try:
+        return unit.fail(reason)
+    except OSError as e:
+        print(f"[{unit.model} seed {unit.seed}] its failure could not be recorded either ({e.strerror or e}); "
+              "--resume will train it again", file=sys.stderr)
+        return {"status": "failed", "reason": reason, "model": unit.model, "seed": unit.seed}

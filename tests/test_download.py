@@ -5,6 +5,7 @@ import http.server
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
+        if self.path == "/loop":  # redirects to itself for ever
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = srv.files.get(self.path)
         if body is None:
             self.send_error(404)
@@ -44,13 +51,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
+        if not srv.no_length:
+            self.send_header("Content-Length", str(len(body) - start))
         self.send_header("Content-Type", "application/octet-stream")
         self.end_headers()
         payload = body[start:]
         if srv.cut_next:  # announce the whole length, send part of it, then close the connection
             srv.cut_next -= 1
             payload = payload[: srv.cut_at]
+        if srv.drip_after is not None:  # a fast start, then one byte at a time, slowly
+            self.wfile.write(payload[: srv.drip_after])
+            self.wfile.flush()
+            for i in range(srv.drip_after, min(len(payload), srv.drip_after + srv.drip_bytes)):
+                time.sleep(srv.drip_every)
+                self.wfile.write(payload[i:i + 1])
+                self.wfile.flush()
+            return
         self.wfile.write(payload)
 
 
@@ -61,6 +77,7 @@ class LocalServer:
         self.httpd = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.files, self.httpd.requests = {}, []
         self.httpd.honour_range, self.httpd.fail_next, self.httpd.cut_next, self.httpd.cut_at = True, 0, 0, 0
+        self.httpd.no_length, self.httpd.drip_after, self.httpd.drip_bytes, self.httpd.drip_every = False, None, 0, 0
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
         self.thread.start()
@@ -254,3 +271,39 @@ def test_disk_error_is_not_retried_as_a_network_error(server, tmp_path, monkeypa
         download(server.url("/f.bin"), tmp_path / "f.bin", retries=3, backoff=0, progress=False)
     assert not isinstance(err.value, DownloadError)
     assert len(server.requests) == 1  # no retry
+
+
+def test_no_length_and_no_checksum_is_kept_but_marked_unverified(server, tmp_path, capsys):
+    server.files["/f.bin"] = DATA
+    server.no_length, server.cut_next, server.cut_at = True, 1, 66_666  # closes early: looks complete
+    dest = tmp_path / "f.bin"
+    download(server.url("/f.bin"), dest, progress=False, backoff=0)
+    assert dest.stat().st_size == 66_666 and dest.with_name("f.bin.unverified").exists()
+    assert "is unverified" in capsys.readouterr().err
+    download(server.url("/f.bin"), dest, progress=False)  # told again while the mark is there
+    assert "is unverified" in capsys.readouterr().err
+    # with a known checksum the same short body is an error, not a file
+    server.cut_next = 1
+    with pytest.raises(ChecksumError):
+        download(server.url("/f.bin"), tmp_path / "g.bin", sha256=DIGEST, progress=False, backoff=0, retries=0)
+
+
+def test_a_dripping_server_is_a_stall_and_what_arrived_is_kept(server, tmp_path):
+    server.files["/f.bin"] = DATA
+    server.drip_after, server.drip_bytes, server.drip_every = 50_000, 20, 0.2
+    dest = tmp_path / "f.bin"
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="slower than 1000 bytes/s"):
+        download(server.url("/f.bin"), dest, sha256=DIGEST, progress=False, retries=0, min_rate=1000,
+                 rate_window=1.0, chunk=65536)
+    assert time.monotonic() - start < 10
+    assert dest.with_name("f.bin.part").stat().st_size >= 50_000  # kept for the resume
+    server.drip_after = None
+    download(server.url("/f.bin"), dest, sha256=DIGEST, progress=False)
+    assert dest.read_bytes() == DATA and server.requests[-1][1] is not None  # resumed with a Range
+
+
+def test_a_redirect_loop_fails_at_once(server, tmp_path):
+    with pytest.raises(DownloadError, match="redirects that never end"):
+        download(server.url("/loop"), tmp_path / "x.bin", progress=False, retries=3, backoff=5)
+    assert len([r for r in server.requests if r[0] == "/loop"]) <= 11  # urllib's own limit, no retries

@@ -298,3 +298,137 @@ def test_bad_options_exit_two_before_any_folder(tmp_path, capsys, args, message)
 def test_whole_float_epochs_are_taken_as_integers():
     assert registry.model_config("meanpool", {"epochs": 2.0})["epochs"] == 2
     assert isinstance(registry.model_config("meanpool", {"epochs": 2.0})["epochs"], int)
+
+
+# --- 5. damaged records, orphans, full disks, resume options, sweeps, memory, pickle bombs ----------
+
+@pytest.mark.parametrize("record", ["meanpool/seed0/summary.json", "config.json"])
+def test_truncated_records_on_resume_are_one_line_naming_the_file(tmp_path, capsys, record):
+    assert run(tmp_path, *FRESH, "--run-id", "r") == 0
+    path = tmp_path / "runs" / "r" / record
+    path.write_text(path.read_text()[:20])
+    capsys.readouterr()
+    assert run(tmp_path, "--resume", "r") == 2
+    assert str(path) in one_line_error(capsys)
+
+
+def test_truncated_ranks_on_resume_is_one_line_naming_the_file(tmp_path, capsys):
+    assert run(tmp_path, *FRESH, "--run-id", "r") == 0
+    path = tmp_path / "runs" / "r" / "meanpool" / "seed0" / "ranks.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    capsys.readouterr()
+    assert run(tmp_path, "--resume", "r") == 2
+    assert f"{path}: not a readable ranks file" in one_line_error(capsys)
+
+
+def test_a_random_checkpoint_is_discarded_on_request(tmp_path, capsys):
+    assert run(tmp_path, *FRESH, "--run-id", "r", "--seeds", "2") == 0
+    unit = tmp_path / "runs" / "r" / "meanpool" / "seed1"
+    expected = read_json(unit / "summary.json")["test"]
+    (unit / "summary.json").unlink()
+    (unit / "checkpoint.pt").write_bytes(os.urandom(3000))
+    capsys.readouterr()
+    assert run(tmp_path, "--resume", "r") == 2
+    assert "--discard-checkpoint" in one_line_error(capsys)
+    assert run(tmp_path, "--resume", "r", "--discard-checkpoint") == 0
+    assert read_json(unit / "summary.json")["test"] == expected  # trained again from scratch, same seed
+    assert len(list(unit.glob("checkpoint.pt.discarded-*"))) == 1
+    assert run(tmp_path, *FRESH, "--run-id", "s", "--discard-checkpoint") == 2
+
+
+def test_orphan_temporary_files_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    assert run(tmp_path, *FRESH, "--run-id", "r", "--seeds", "2") == 0
+    unit = tmp_path / "runs" / "r" / "meanpool" / "seed1"
+    (unit / "summary.json").unlink()
+    orphan, live = unit / f".ranks.npz.{dead}.abc123.tmp", unit / f".ranks.npz.{os.getppid()}.def456.tmp"
+    orphan.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    assert run(tmp_path, "--resume", "r") == 0
+    assert not orphan.exists() and live.exists()
+
+    # the dataset cache too
+    import pickle
+
+    from sbr_bench.data.dataset import load_dataset
+
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "all_train_seq.txt").write_bytes(pickle.dumps([[1, 2, 3], [2, 3, 4], [3, 4, 5]] * 5))
+    (split / "test.txt").write_bytes(pickle.dumps(([[1, 2], [2, 3]], [3, 4])))
+    load_dataset(str(split), data_dir=tmp_path / "data")
+    cache = next((tmp_path / "data").rglob("*.npz"))
+    cached_orphan = cache.parent / f".{cache.name}.{dead}.zz.tmp"
+    cached_orphan.write_bytes(b"z")
+    load_dataset(str(split), data_dir=tmp_path / "data")
+    assert not cached_orphan.exists()
+
+
+def test_a_full_disk_while_recording_a_failure_goes_on_to_the_next_model(tmp_path, capsys, monkeypatch):
+    import sbr_bench.io as io
+
+    class Broken(EmbeddingEncoder):
+        def forward(self, batch, embedding):
+            raise RuntimeError("boom")
+
+    spec = registry.ModelSpec(encoder=lambda n, cfg: Broken(cfg["dim"]), readout=lambda cfg: MeanReadout(),
+                              scorer=lambda cfg: DotScorer(), defaults=dict(dim=8))
+    monkeypatch.setattr(registry, "_SPECS", dict(registry.specs(), broken=spec))
+    real = io.write_text
+
+    def full(path, text):
+        if Path(path).name in ("error.txt", "summary.json") and "broken" in str(path):
+            raise OSError(28, "No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(io, "write_text", full)
+    assert run(tmp_path, "--dataset", "synthetic:tiny", "--models", "broken,meanpool", "--epochs", "1",
+               "--run-id", "r") == 0
+    err = capsys.readouterr().err
+    assert "traceback not written: No space left on device" in err and "could not be recorded" in err
+    assert read_json(tmp_path / "runs/r/meanpool/seed0/summary.json")["status"] == "ok"
+
+
+@pytest.mark.parametrize("option", [["--valid-fraction", "0.3"], ["--protocol", "lessr"],
+                                    ["--protocol-param", "strict=true"], ["--log", "tensorboard"]])
+def test_resume_refuses_options_it_cannot_honour(tmp_path, capsys, option):
+    assert run(tmp_path, *FRESH, "--run-id", "r") == 0
+    capsys.readouterr()
+    assert run(tmp_path, "--resume", "r", *option) == 2
+    assert f"drop {option[0]}" in one_line_error(capsys)
+
+
+def test_a_sweep_point_in_use_is_refused_naming_the_holder(tmp_path, capsys, locked_by_child):
+    sweep = ["sweep", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"), "--dataset",
+             "synthetic:tiny", "--models", "meanpool", "--grid", "lr=0.01,0.02", "--epochs", "1", "--no-progress",
+             "--sweep-id", "sw"]
+    assert cli.main(sweep) == 0
+    child = locked_by_child(tmp_path / "runs" / "sw-lr0.02")
+    capsys.readouterr()
+    assert cli.main(sweep) == 2
+    assert f"pid {child.pid}" in one_line_error(capsys)
+    assert RunDir(tmp_path / "runs" / "sw-lr0.01").lock("after").unlock() is None  # the first point was released
+
+
+def test_a_model_too_large_for_memory_is_refused_with_its_estimate(tmp_path, capsys):
+    assert run(tmp_path, "--dataset", "synthetic:tiny", "--models", "meanpool", "--set", "dim=100000000") == 2
+    err = one_line_error(capsys)
+    assert "--set dim=100000000: needs at least" in err and "GiB" in err and "this machine has" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_pickle_that_expands_far_beyond_its_size_is_refused(tmp_path, monkeypatch):
+    import pickle
+
+    from sbr_bench.data.loaders import MAX_IDS_ENV, load_srgnn
+
+    session = list(range(1, 1001))
+    (tmp_path / "all_train_seq.txt").write_bytes(pickle.dumps([session] * 5000, protocol=4))  # 5M ids
+    (tmp_path / "test.txt").write_bytes(pickle.dumps(([[1, 2]], [3]), protocol=4))
+    size = (tmp_path / "all_train_seq.txt").stat().st_size
+    assert size < 20_000
+    with pytest.raises(UserError, match=f"stand for 5,000,000 ids.*set {MAX_IDS_ENV}="):
+        load_srgnn(tmp_path)
+    monkeypatch.setenv(MAX_IDS_ENV, "1000")
+    assert len(load_srgnn(tmp_path).train) == 5000

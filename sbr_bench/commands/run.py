@@ -57,6 +57,9 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (a run id under --runs-dir, or "
                    "the path of an existing run folder): finished model/seed units are kept, an unfinished one "
                    "continues from its checkpoint")
+    p.add_argument("--discard-checkpoint", action="store_true",
+                   help="with --resume: move an unreadable checkpoint.pt aside (checkpoint.pt.discarded-TIME) and "
+                        "train that unit from scratch")
     p.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="also checkpoint every N batches within an epoch (default: 1000; 0: only at the end "
                         "of each epoch)")
@@ -135,8 +138,10 @@ def main(args) -> int:
     if args.resume:
         check_resume_args(args)
         results = resume(args.resume, args.runs_dir or "runs", args.device, args.checkpoint_every,
-                         args.deterministic, progress)
+                         args.deterministic, progress, args.discard_checkpoint)
     else:
+        if args.discard_checkpoint:
+            raise UserError("--discard-checkpoint applies to --resume only")
         experiment = experiment_of(args)
         if args.profile:
             return profile(experiment, progress)

@@ -233,28 +233,34 @@ def prepare(args, points: list[Point], sweep_id: str) -> list[tuple[Point, objec
     from ..runs import RunDir, selection_of
 
     prepared = []
-    for point in points:
-        experiment = point_experiment(args, point)
-        dataset, _ = cached_dataset(experiment.dataset.spec())
-        config = experiment.plan(dataset, command=shlex.join(["sbr-bench"] + sys.argv[1:]))
-        config["sweep"] = point.sweep_record(sweep_id)
-        label = ", ".join([point.model, point.dataset] + [f"{k}={v}" for k, v in point.params.items()])
-        path = Path(args.runs_dir) / point.run_id
-        if not (path / "config.json").exists():
-            run_dir = RunDir.create(args.runs_dir, point.run_id, config, environment())
-            write_experiment(run_dir, experiment, config)
-            print(f"point {label}: {run_dir.path}")
-        else:  # continue it, but only with the same settings: a sweep must not mix configurations
-            run_dir = RunDir(path)
-            recorded = run_dir.config()
-            if any(recorded.get(k) != config[k] for k in ("cfg", "seeds", "deterministic")) or \
-                    recorded["dataset"]["fingerprint"] != config["dataset"]["fingerprint"] or \
-                    (args.selection is not None and selection_of(recorded) != args.selection):
-                raise UserError(f"sweep point {run_dir.path} was started with other settings (model config, "
-                                "seeds, dataset or selection); use another --sweep-id or the original options")
-            config = recorded
-            print(f"point {label}: continuing {run_dir.path}")
-        prepared.append((point, run_dir, config))
+    try:
+        for point in points:
+            experiment = point_experiment(args, point)
+            dataset, _ = cached_dataset(experiment.dataset.spec())
+            config = experiment.plan(dataset, command=shlex.join(["sbr-bench"] + sys.argv[1:]))
+            config["sweep"] = point.sweep_record(sweep_id)
+            label = ", ".join([point.model, point.dataset] + [f"{k}={v}" for k, v in point.params.items()])
+            path = Path(args.runs_dir) / point.run_id
+            if not (path / "config.json").exists():
+                run_dir = RunDir.create(args.runs_dir, point.run_id, config, environment(), lock=True)
+                write_experiment(run_dir, experiment, config)
+                print(f"point {label}: {run_dir.path}")
+            else:  # continue it, but only with the same settings: a sweep must not mix configurations
+                run_dir = RunDir(path).lock(f"sweep {sweep_id}")
+                recorded = run_dir.config()
+                if any(recorded.get(k) != config[k] for k in ("cfg", "seeds", "deterministic")) or \
+                        recorded["dataset"]["fingerprint"] != config["dataset"]["fingerprint"] or \
+                        (args.selection is not None and selection_of(recorded) != args.selection):
+                    run_dir.unlock()
+                    raise UserError(f"sweep point {run_dir.path} was started with other settings (model config, "
+                                    "seeds, dataset or selection); use another --sweep-id or the original options")
+                config = recorded
+                print(f"point {label}: continuing {run_dir.path}")
+            prepared.append((point, run_dir, config))
+    except BaseException:
+        for _, run_dir, _ in prepared:
+            run_dir.unlock()
+        raise
     return prepared
 
 
@@ -277,8 +283,7 @@ def check_engine_args(args) -> None:
 # --- running ------------------------------------------------------------------------------------------
 
 def main(args) -> int:
-    from ..engines import Unit, import_ray, run_local, run_ray
-    from ..runs import format_table, headline_header, selection_caption, selection_of
+    from ..engines import import_ray
     from ..training import resolve_device
 
     check_engine_args(args)
@@ -301,7 +306,18 @@ def main(args) -> int:
                 torch.device(device)
             except RuntimeError:
                 raise UserError(f"--device {device}: expected auto, cpu or cuda[:k]") from None
-    prepared = prepare(args, points, sweep_id)
+    prepared = []
+    try:
+        prepared = prepare(args, points, sweep_id)
+        return _run_points(args, points, prepared, sweep_id, device)
+    finally:  # every point's folder is locked from its preparation on (a second sweep on it is refused)
+        for _, run_dir, _ in prepared:
+            run_dir.unlock()
+
+
+def _run_points(args, points, prepared, sweep_id, device) -> int:
+    from ..engines import Unit, run_local, run_ray
+    from ..runs import format_table, headline_header, selection_caption, selection_of
 
     units = []
     for point, run_dir, config in prepared:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, DataFormatError, UserError
-from ..io import read_json, write_json
+from ..io import read_json, remove_orphans, write_json
 from .sessions import SessionDataset, Split, make_dataset
 
 # Bump when a loader, a protocol or the .npz layout changes what a cached file holds.
@@ -259,6 +259,7 @@ def cache_key(payload: dict) -> str:
 
 
 def _cached(path: Path, key: str, build, refresh: bool) -> Prepared:
+    remove_orphans(path.parent)  # temporary files of a process killed while writing a cache
     if path.exists() and not refresh:
         try:
             ds = SessionDataset.load(path)

@@ -74,7 +74,7 @@ class _Restart(Exception):
 
 
 def download(url, dest, sha256=None, size=None, chunk=1 << 20, timeout=60, retries=3, progress=True,
-             backoff=1.0, hint=None) -> Path:
+             backoff=1.0, hint=None, min_rate=1024, rate_window=60.0, deadline=None) -> Path:
     """Download `url` to `dest` and return `dest` as a Path.
 
     - Bytes go to `dest.part`; a later call (or a retry within this call) resumes from its length
@@ -88,12 +88,21 @@ def download(url, dest, sha256=None, size=None, chunk=1 << 20, timeout=60, retri
       truncated bodies); an attempt that received bytes is retried at once, otherwise after `backoff`
       seconds doubling each time. Other HTTP errors (404, 403, ...) fail at once.
     - `hint`: extra text for the "download it by hand" message (for example an archive member name).
+    - `min_rate` bytes/s over every `rate_window` seconds, else the attempt counts as stalled (a server
+      that drips bytes never trips the socket timeout); `deadline`: seconds for the whole download.
+      Bytes are written as they arrive, so whatever came before a stall is kept for the resume.
+    - Without a checksum or size, a server that sends no length cannot be checked for completeness: the
+      file is kept but marked unverified (`dest.unverified`) and a warning says so.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
+    unverified = dest.with_name(dest.name + ".unverified")
     if dest.exists():
         _verify(dest, url, sha256, size, delete_on_mismatch=False)
+        if unverified.exists():
+            _warn_unverified(dest)
         return dest
+    started = time.monotonic()
     dest.parent.mkdir(parents=True, exist_ok=True)
     expected_total = size
     delay = backoff
@@ -107,7 +116,7 @@ def download(url, dest, sha256=None, size=None, chunk=1 << 20, timeout=60, retri
                 raise _Restart(f"{part} is longer than the file ({have} > {expected_total} bytes)")
             if expected_total is not None and have == expected_total:
                 break  # a previous run fetched everything but stopped before verification
-            total = _transfer(url, part, have, chunk, timeout, progress)
+            total = _transfer(url, part, have, chunk, timeout, progress, min_rate, rate_window)
             if total is not None:
                 expected_total = total if size is None else size
                 got = part.stat().st_size
@@ -128,6 +137,9 @@ def download(url, dest, sha256=None, size=None, chunk=1 << 20, timeout=60, retri
                 part.unlink(missing_ok=True)
                 last_error = f"HTTP 416 (range {have}- not satisfiable; restarting from zero)"
                 restarted = True
+            elif 300 <= e.code < 400:  # urllib follows redirects; one that reaches us loops or goes nowhere
+                raise _network_error(url, dest, f"HTTP {e.code}: {e.reason} (redirects that never end)",
+                                     hint) from None
             elif 400 <= e.code < 500 and e.code not in _RETRYABLE_4XX:
                 raise _network_error(url, dest, f"HTTP {e.code} {e.reason}", hint) from None
             else:
@@ -139,6 +151,8 @@ def download(url, dest, sha256=None, size=None, chunk=1 << 20, timeout=60, retri
         attempt += 1
         if attempt > retries:
             raise _network_error(url, dest, f"{last_error} (after {attempt} attempts)", hint)
+        if deadline is not None and time.monotonic() - started > deadline:
+            raise _network_error(url, dest, f"{last_error} (past the {deadline:g} s deadline)", hint)
         progressed = restarted or (part.exists() and part.stat().st_size != have)
         if not progressed:  # wait only when the server gave nothing; a resumable transfer goes on at once
             time.sleep(delay)
@@ -146,11 +160,22 @@ def download(url, dest, sha256=None, size=None, chunk=1 << 20, timeout=60, retri
     _verify(part, url, sha256, size if size is not None else expected_total, delete_on_mismatch=True)
     with open(part, "rb") as f:
         os.fsync(f.fileno())
+    if sha256 is None and size is None and expected_total is None:
+        unverified.write_text(f"{url}: the server sent no length and no checksum is known; an early close "
+                              "would look like a complete file\n")
     os.replace(part, dest)
+    if unverified.exists():
+        _warn_unverified(dest)
     return dest
 
 
-def _transfer(url, part, have, chunk, timeout, progress):
+def _warn_unverified(dest) -> None:
+    print(f"sbr-bench: warning: {dest} is unverified: its server sent no length and no checksum is known, so a "
+          "transfer cut short would look complete; compare it with the source, then delete "
+          f"{dest.name}.unverified", file=sys.stderr)
+
+
+def _transfer(url, part, have, chunk, timeout, progress, min_rate=0, rate_window=60.0):
     """One HTTP request that appends to `part`. Returns the total file size, or None if unknown."""
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if have:
@@ -169,13 +194,22 @@ def _transfer(url, part, have, chunk, timeout, progress):
         else:  # 200: the server ignored Range (or none was sent), so the body is the whole file
             have, total, mode = 0, length, "wb"
         received = 0
+        window_start, window_bytes = time.monotonic(), 0
         bar = _progress_bar(total, have, Path(part).name[: -len(".part")], progress)
         try:
             with open(part, mode) as f:
                 while block := _read(resp, chunk, have + received):
                     _write(f, block, part)
+                    f.flush()  # what arrived stays in the .part even if the next read stalls
                     received += len(block)
                     bar.update(len(block))
+                    window_bytes += len(block)
+                    elapsed = time.monotonic() - window_start
+                    if elapsed >= rate_window:
+                        if window_bytes < min_rate * elapsed:
+                            raise _Interrupted(f"slower than {min_rate} bytes/s for {elapsed:.0f} s "
+                                               f"after {have + received} bytes")
+                        window_start, window_bytes = time.monotonic(), 0
         except OSError as e:
             if isinstance(e, _DiskError):
                 raise UserError(str(e)) from None  # not a network error: no retry
@@ -197,8 +231,8 @@ def _write(f, block, part) -> None:
 
 
 def _read(resp, chunk, so_far):
-    try:
-        return resp.read(chunk)
+    try:  # read1: the bytes available now (up to chunk), not a wait for a whole chunk
+        return resp.read1(chunk) if hasattr(resp, "read1") else resp.read(chunk)
     except (http.client.HTTPException, ConnectionError, socket.timeout) as e:
         raise _Interrupted(f"{_describe(e)} after {so_far} bytes") from None
 

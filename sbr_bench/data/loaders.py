@@ -26,6 +26,8 @@ validation split (the last fraction) is the latest part of train.
 from __future__ import annotations
 
 import io
+import math
+import os
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -187,14 +189,43 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it refers to {module}.{name}; only plain lists/tuples of ints are accepted")
 
 
+# A pickle can reference one list many times, so a few KB can stand for millions of ids (743 MB once
+# the sessions are built). SR-GNN's own pickles hold about 0.25 ids per byte (4 bytes an id).
+MAX_IDS_PER_BYTE = 1.0
+MAX_IDS_ENV = "SBR_BENCH_MAX_IDS_PER_BYTE"  # raises the cap for a file that really is that dense
+
+
 def read_pickle(path: Path):
     data = _read_bytes(path)
     if not data:
         raise DataFormatError(path, "file is empty")
     try:
-        return _PlainUnpickler(io.BytesIO(data)).load()
+        loaded = _PlainUnpickler(io.BytesIO(data)).load()
     except Exception as e:  # any unpickling failure: truncated, not a pickle, foreign objects
         raise DataFormatError(path, f"not a readable SR-GNN pickle ({type(e).__name__}: {e})") from None
+    ids = _count_ids(path, loaded, {})
+    try:
+        cap = float(os.environ.get(MAX_IDS_ENV, MAX_IDS_PER_BYTE))
+    except ValueError:
+        raise UserError(f"{MAX_IDS_ENV}={os.environ[MAX_IDS_ENV]!r}: expected a number of ids per byte") from None
+    if ids > cap * len(data):
+        raise DataFormatError(path, f"its {len(data):,} bytes stand for {ids:,} ids ({ids / len(data):,.0f} per "
+                              f"byte; SR-GNN pickles hold about 0.25): refused, as a file that expands this much "
+                              f"is not a plain split; set {MAX_IDS_ENV}={math.ceil(ids / len(data))} to load it")
+    return loaded
+
+
+def _count_ids(path, obj, memo, depth=0) -> int:
+    """Ids in nested lists/tuples, every reference counted (a list referenced twice counts twice), each
+    distinct list visited once, so the count costs nothing like the expansion it measures."""
+    if not isinstance(obj, (list, tuple)):
+        return 1
+    if depth > 3:  # SR-GNN data is (prefixes, targets) of lists of ids: three levels
+        raise DataFormatError(path, "nested deeper than an SR-GNN pickle (lists of lists of item ids)")
+    key = id(obj)
+    if key not in memo:
+        memo[key] = sum(_count_ids(path, x, memo, depth + 1) for x in obj)
+    return memo[key]
 
 
 def _check_seqs(path: Path, seqs, what: str, min_len: int = 1) -> None:
