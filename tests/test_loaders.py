@@ -234,6 +234,15 @@ def test_click_log_errors_name_the_columns(tmp_path):
         read_click_log(log, "sid", "item", None)
 
 
+def test_click_log_short_lines_are_errors_and_empty_fields_are_skipped(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("sid,item,ts\na,x,1577836810\n\nb,y,\na,z,1577836820\nb,y\n")
+    with pytest.raises(DataFormatError, match=r"line 6: expected 3 ','-separated fields like the header, found 2"):
+        read_click_log(log, "sid", "item", "ts")
+    log.write_text("sid,item,ts\na,x,1577836810\n\nb,y,\na,z,1577836820\n")
+    assert list(read_click_log(log, "sid", "item", "ts")["item"]) == ["x", "z"]  # blank and empty: skipped
+
+
 # ------------------------------------------------------------------------------------------ real splits
 
 

@@ -432,3 +432,13 @@ def test_a_pickle_that_expands_far_beyond_its_size_is_refused(tmp_path, monkeypa
         load_srgnn(tmp_path)
     monkeypatch.setenv(MAX_IDS_ENV, "1000")
     assert len(load_srgnn(tmp_path).train) == 5000
+
+
+def test_a_dissection_in_use_is_refused_naming_the_holder(tmp_path, capsys, locked_by_child):
+    dissect = ["dissect", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"), "--dataset",
+               "synthetic:tiny", "--model", "srgnn", "--set", "dim=8", "--epochs", "1", "--no-progress"]
+    assert cli.main(dissect + ["--run-id", "d"]) == 0
+    child = locked_by_child(tmp_path / "runs" / "d")
+    capsys.readouterr()
+    assert cli.main(dissect[:3] + ["--resume", "d"]) == 2
+    assert f"pid {child.pid}" in one_line_error(capsys)

@@ -542,6 +542,7 @@ def read_click_log(path, session_col, item_col, time_col, delimiter=","):
     twice = [c for c in (session_col, item_col, time_col) if header.count(c) > 1]
     if twice:
         raise DataFormatError(path, f"the header names column {twice[0]!r} more than once", 1)
+    _check_short_lines(path, raw, delimiter, len(header))
     df = raw.iloc[1:, [header.index(c) for c in (session_col, item_col, time_col)]]
     df.columns = ["session", "item", "time"]
     df = df.dropna()  # index = file line - 1 (blank lines are kept as empty rows, so numbers hold)
@@ -549,6 +550,23 @@ def read_click_log(path, session_col, item_col, time_col, delimiter=","):
         raise DataFormatError(path, "holds no complete clicks (session, item and time all present)")
     df["time"] = _to_utc(path, time_col, df["time"])
     return df[["session", "time", "item"]].reset_index(drop=True)
+
+
+def _check_short_lines(path, raw, delimiter: str, width: int) -> None:
+    """pandas pads a line with fewer fields than the header with empty ones; an empty field is a skipped
+    click, but a missing one means the line is malformed: find such lines (only among the rows pandas
+    padded, so a clean file is not read twice) and name the first."""
+    padded = raw.index[raw.iloc[:, -1].isna() & raw.notna().any(axis=1)]
+    if len(padded) == 0:
+        return
+    wanted = set(int(i) for i in padded)
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        for number, line in enumerate(f):
+            if number in wanted and line.strip() and line.rstrip("\r\n").count(delimiter) + 1 < width:
+                raise DataFormatError(path, f"expected {width} {delimiter!r}-separated fields like the header, "
+                                      f"found {line.rstrip(chr(13) + chr(10)).count(delimiter) + 1}", number + 1)
+            if number > max(wanted):
+                return
 
 
 # Unix seconds that fit a pandas timestamp (years 1677..2262); beyond, pandas raises or wraps around.
