@@ -197,9 +197,12 @@ def test_registered_models_are_in_all_models_list_and_show(monkeypatch, capsys):
 def test_example_plugin_installs_and_trains_by_name(tmp_path):
     """pip-installs examples/plugin into a folder of its own (no index, no build isolation: offline) and
     trains its model by name in a fresh process that has that folder on its path."""
-    site = tmp_path / "site"
+    import shutil
+
+    site, source = tmp_path / "site", tmp_path / "plugin"
+    shutil.copytree(ROOT / "examples" / "plugin", source)  # the build writes next to the sources: not ours
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                              "--no-build-isolation", "--target", str(site), str(ROOT / "examples" / "plugin")],
+                              "--no-build-isolation", "--target", str(site), str(source)],
                              capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-2000:]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
