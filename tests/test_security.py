@@ -442,3 +442,13 @@ def test_a_dissection_in_use_is_refused_naming_the_holder(tmp_path, capsys, lock
     capsys.readouterr()
     assert cli.main(dissect[:3] + ["--resume", "d"]) == 2
     assert f"pid {child.pid}" in one_line_error(capsys)
+
+
+def test_a_garbage_import_record_is_named_and_does_not_break_the_list(tmp_path, capsys):
+    record = tmp_path / "data" / "mine" / "import.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("garbage{")
+    assert cli.main(["datasets", "list", "--data-dir", str(tmp_path / "data")]) == 0
+    assert "imported (broken)" in capsys.readouterr().out
+    assert run(tmp_path, "--dataset", "mine", "--models", "pop") == 2
+    assert f"{record}: not a readable import record" in one_line_error(capsys)

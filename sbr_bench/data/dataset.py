@@ -71,7 +71,7 @@ def prepare_dataset(name="synthetic", data_dir="datasets", protocol=None, valid_
     imported = data_dir / name / IMPORT_FILE if _is_safe_name(name) else None
     is_source = name.lower() in source_names()
     if imported is not None and imported.exists() and not (is_source and (raw is not None or protocol is not None)):
-        record = read_json(imported)
+        record = read_import_record(imported)
         if raw is not None:
             raise ConfigError("raw", f"'{name}' is imported from {record.get('path')}; raw files apply to sources only")
         if (params or protocol) and record.get("layout") != "clicklog":
@@ -328,10 +328,29 @@ def list_datasets(data_dir="datasets") -> list[dict]:
                      else f"raw missing, {_n_cached(data_dir / name)} cached",
                      "detail": f"{src.title}; protocol {src.default_protocol}; raw file {raw}"})
     for name in _imported_names(data_dir):
-        rec = read_json(data_dir / name / IMPORT_FILE)
+        try:
+            rec = read_import_record(data_dir / name / IMPORT_FILE)
+        except DataFormatError as e:  # listed as broken, the others still listed
+            rows.append({"name": name, "kind": "imported (broken)", "status": "unusable", "detail": str(e)})
+            continue
         rows.append({"name": name, "kind": f"imported ({rec.get('layout')})",
                      "status": f"{_n_cached(data_dir / name)} cached", "detail": rec.get("path", "")})
     return rows
+
+
+def read_import_record(path: Path) -> dict:
+    """`<data-dir>/NAME/import.json`, or a DataFormatError naming it (import the data again to fix it)."""
+    import json
+
+    try:
+        record = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        record = e
+    if not isinstance(record, dict) or not isinstance(record.get("path", ""), str):
+        reason = f"{type(record).__name__}: {record}" if isinstance(record, Exception) else "not a JSON object"
+        raise DataFormatError(path, f"not a readable import record ({reason}); import the data again with "
+                              f"`sbr-bench datasets prepare {path.parent.name} --from PATH`")
+    return record
 
 
 def _n_cached(folder: Path) -> int:
