@@ -31,7 +31,8 @@ OPTIONS = {
     "engine": "--engine", "dataset": "--dataset", "dataset.name": "--dataset", "dataset.data_dir": "--data-dir",
     "dataset.protocol": "--protocol", "dataset.valid_fraction": "--valid-fraction",
     "dataset.params": "--protocol-param", "paper": "--paper", "address": "--address", "resume": "--resume",
-    "raw": "--raw", "paths": "--paths",
+    "raw": "--raw", "paths": "--paths", "session_col": "--session-col", "item_col": "--item-col",
+    "time_col": "--time-col",
 }
 
 

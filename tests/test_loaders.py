@@ -230,7 +230,7 @@ def test_click_log_errors_name_the_columns(tmp_path):
         read_click_log(log, "session", "item", "ts")
     with pytest.raises(DataFormatError, match="'yesterday' is neither"):
         read_click_log(log, "sid", "item", "ts")
-    with pytest.raises(UserError, match="--time-col"):
+    with pytest.raises(UserError, match="time_col: .* needs the names of its time column"):
         read_click_log(log, "sid", "item", None)
 
 
@@ -285,7 +285,7 @@ def test_click_log_bad_iso_date_names_the_bad_value(tmp_path):
 def test_click_log_same_column_twice(tmp_path):
     log = tmp_path / "log.csv"
     log.write_text("sid,item,ts\na,x,1\n")
-    with pytest.raises(UserError, match=r"--session-col and --item-col both name the column 'sid'"):
+    with pytest.raises(UserError, match=r"session_col and item_col both name the column 'sid'"):
         read_click_log(log, "sid", "sid", "ts")
 
 

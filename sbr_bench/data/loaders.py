@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataFormatError, UserError
+from ..errors import ConfigError, DataFormatError, UserError
 from .readers import regular_file
 from .sessions import Sessions, Split
 
@@ -174,8 +174,8 @@ def load_preprocessed(path, id_base=None) -> LoadedSplits:
         return load_lessr(folder, id_base=id_base)
     if layout == "sessionrec":
         return load_sessionrec(folder)
-    raise UserError(f"{path} looks like a click log, not a preprocessed layout; give its column names "
-                    "(--session-col, --item-col, --time-col) so a protocol can preprocess it")
+    raise ConfigError("session_col", f"{path} looks like a click log, not a preprocessed layout; give its "
+                      "session, item and time column names so a protocol can preprocess it")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -508,10 +508,11 @@ def read_click_log(path, session_col, item_col, time_col, delimiter=","):
     if not path.exists():
         raise UserError(f"click log {path} does not exist")
     path = regular_file(path)
-    flags = (("--session-col", session_col), ("--item-col", item_col), ("--time-col", time_col))
+    flags = (("session_col", session_col), ("item_col", item_col), ("time_col", time_col))
     missing = [flag for flag, col in flags if not col]
     if missing:
-        raise UserError(f"{path}: a click log needs the column names {', '.join(missing)}")
+        raise ConfigError(missing[0], f"{path}: a click log needs the names of its "
+                          f"{', '.join(m[:-4] for m in missing)} column(s)")
     for k, (flag, col) in enumerate(flags):
         for other, col2 in flags[k + 1:]:
             if col == col2:  # one column cannot be two roles (pandas would fail with a KeyError)
@@ -538,7 +539,7 @@ def read_click_log(path, session_col, item_col, time_col, delimiter=","):
     absent = [c for c in (session_col, item_col, time_col) if c not in header]
     if absent:
         raise UserError(f"{path}: column(s) {', '.join(map(repr, absent))} not in the header "
-                        f"{[h[:40] for h in header[:12]]} (delimiter {delimiter!r}; see --delimiter)")
+                        f"{[h[:40] for h in header[:12]]} (delimiter {delimiter!r})")
     twice = [c for c in (session_col, item_col, time_col) if header.count(c) > 1]
     if twice:
         raise DataFormatError(path, f"the header names column {twice[0]!r} more than once", 1)

@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from ..data.sessions import slice_gather
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError
 from .base import DotScorer, Encoded, Encoder, Readout
 from .config import TrainConfig
 from .registry import ModelSpec
@@ -268,8 +268,8 @@ class DHCNReadout(Readout):
     def forward(self, enc: Encoded, batch) -> Tensor:
         B = enc.num_sessions
         if int(enc.length.max()) > self.max_len:
-            raise UserError(f"DHCN: a session has {int(enc.length.max())} clicks but the position table has "
-                            f"max_len={self.max_len} rows; raise it with --set max_len=...")
+            raise ConfigError("overrides.max_len", f"DHCN: a session has {int(enc.length.max())} clicks but the "
+                              f"position table has {self.max_len} rows; raise max_len", self.max_len)
         # Position counted from the end of the session: 0 = last click (the reference reverses sessions).
         reverse_pos = enc.last[enc.pos_batch] - torch.arange(enc.h.shape[0], device=enc.h.device)
         x = enc.h

@@ -44,7 +44,7 @@ from ..errors import ConfigError
 from .registry import BaselineSpec
 
 MAX_SETS = 20_000  # intent sets enumerated at most (C = 48 concepts); beyond, scoring gets slow
-NOT_SYNTHETIC = ("the oracle knows only the built-in synthetic generator: use --dataset synthetic[:SIZE] "
+NOT_SYNTHETIC = ("the oracle knows only the built-in synthetic generator: use the dataset synthetic[:SIZE] "
                  "(it has no meaning on other data)")
 
 

@@ -136,7 +136,7 @@ class SGNNHNReadout(Readout):
     def forward(self, enc: Encoded, batch) -> Tensor:
         if "star" not in enc.extras:
             raise UserError("the sgnnhn readout needs a star node from its encoder; compose it with the "
-                            "sgnnhn encoder (e.g. --models sgnnhn), not with another encoder")
+                            "sgnnhn encoder (the model sgnnhn), not with another encoder")
         star = enc.extras["star"]
         pos_batch = enc.pos_batch
         start = enc.last - enc.length + 1  # first position of each session
