@@ -13,7 +13,11 @@ COMMANDS = ["run", "reproduce", "datasets", "models", "dissect", "sweep", "repor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sbr-bench", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="sbr-bench", description="A benchmark suite for session-based "
+                                     "recommendation on PyTorch Geometric (see README.md and docs/).")
+    parser.add_argument("--version", action="version", version=f"sbr-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         mod = importlib.import_module(f"sbr_bench.commands.{name}")
