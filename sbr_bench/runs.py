@@ -371,6 +371,7 @@ def collect_results(run: RunDir) -> dict:
         "run_id": run.run_id,
         "dataset": config.get("dataset", {}).get("name"),
         "selection": selection_of(config),
+        "settings_notes": config.get("settings_notes", []),
         "seeds": config["seeds"],
         "models": models,
         "best": {metric: {"model": r["best"], "significant": r["best_significant"]} for metric, r in tests.items()},
@@ -472,9 +473,15 @@ def format_table(header, rows, markdown: bool) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
+def settings_caption(results: dict) -> str:
+    """The settings a dataset's size made the run apply (`experiment.SYNTHETIC_SETTINGS`, epoch caps)."""
+    notes = results.get("settings_notes") or []
+    return f"Settings for this dataset: {'; '.join(notes)}." if notes else ""
+
+
 def results_text(results: dict) -> str:
     """The headline table for the terminal, under its selection caption."""
-    return (selection_caption(results["selection"]) + "\n"
+    return (" ".join(filter(None, [selection_caption(results["selection"]), settings_caption(results)])) + "\n"
             + format_table(table_header(results), table_rows(results, markdown=False), markdown=False))
 
 
@@ -488,6 +495,7 @@ def results_markdown(results: dict) -> str:
         f"# Results of run {results['run_id']} on {results['dataset']}",
         "",
         f"Test split, ×100, mean ± std over seeds {results['seeds']}. {selection_caption(results['selection'])} "
+        + (settings_caption(results) + " " if settings_caption(results) else "") +
         "Time per epoch: median seconds of training (data + forward + backward) over epochs after the "
         "first; phases are medians; eval is the pass over the watched split (validation; the test under literature). Marks: \\*\\* p < 0.01, \\* p < 0.05 "
         "(Holm-corrected paired t-test on per-example values, averaged over seeds, against the best model); "

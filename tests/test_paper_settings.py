@@ -101,3 +101,26 @@ def test_a_composed_dhcn_sees_new_weights_after_a_reload(tiny):
         model(batch)  # fills the cache
         model.load_state_dict(other.state_dict())
         assert torch.allclose(model(batch), other(batch), atol=1e-6)
+
+
+def test_atten_mixer_runs_at_d64_on_the_synthetic_data_and_the_caption_says_so():
+    notes = []
+    configs = Experiment(models="attenmixer,attenmixer-M,srgnn").model_configs(
+        ["attenmixer", "attenmixer-M", "srgnn"], "synthetic", notes)
+    assert configs["attenmixer"]["dim"] == configs["attenmixer-M"]["dim"] == 64 and configs["srgnn"]["dim"] == 100
+    assert any(n.startswith("Atten-Mixer models at d = 64") and n.endswith("attenmixer, attenmixer-M") for n in notes)
+    assert any(n.startswith("epochs capped at 5") for n in notes)
+    assert Experiment(models="attenmixer").model_configs(["attenmixer"], "diginetica")["attenmixer"]["dim"] == 256
+    chosen = Experiment(models="attenmixer", overrides={"dim": 128}).model_configs(["attenmixer"], "synthetic")
+    assert chosen["attenmixer"]["dim"] == 128  # a setting the experiment gives wins, and nothing is noted
+    both = Experiment(models="table3").model_configs(TABLE3, "synthetic:tiny")
+    assert {cfg["dim"] for cfg in both.values()} == {TABLE3_DIM}  # Table 3 keeps both sides at the paper's d
+
+
+def test_the_settings_a_dataset_needs_are_in_the_results_caption(tmp_path, monkeypatch):
+    from sbr_bench.runs import results_text
+
+    monkeypatch.chdir(tmp_path)
+    results = Experiment(models="attenmixer", dataset="synthetic:tiny", epochs=1, selection="valid").run()
+    assert "Settings for this dataset: Atten-Mixer models at d = 64" in results_text(results.summary)
+    assert "Atten-Mixer models at d = 64" in (results.path / "results.md").read_text()

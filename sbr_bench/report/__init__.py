@@ -39,6 +39,9 @@ def build_report(runs_dir="runs", out_dir="reports/latest") -> Path:
         suffix = f"-{mode}" if len(modes) > 1 else ""
         label = f" ({mode} selection)" if len(modes) > 1 else ""
         parts.append(f"## Selection: {mode}\n\n{selection_caption(mode)}\n")
+        notes = sorted({f"{r.run_id}: {note}" for r in chosen for note in r.config.get("settings_notes", [])})
+        if notes:  # what a dataset's size made a run apply (epoch caps, Atten-Mixer's d on synthetic data)
+            parts.append("Settings the datasets' sizes applied:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
         t2 = tables.table2(chosen, mode)
         parts.append(_write_table(out, "table2_overall" + suffix, t2, tables.wide(t2),
                                   f"Table 2{label}: HR@20, MRR@20 and seconds per training epoch (median)",
