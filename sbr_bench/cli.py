@@ -46,9 +46,13 @@ def as_option(error: ConfigError, args) -> str:
     key, value = error.key, error.value
     shown = "" if value is ConfigError.NO_VALUE else value
     if key.startswith(("overrides.", "model_overrides.")):
-        param = key.rpartition(".")[2]
-        given = any(item.partition("=")[0].rpartition(".")[2] == param for item in getattr(args, "set", []) or [])
-        flag = "--set " + f"{param}={'...' if shown == '' else shown}"
+        parts = key.split(".")
+        model, param = (parts[1], parts[2]) if parts[0] == "model_overrides" and len(parts) > 2 else \
+            (parts[1], "KEY") if parts[0] == "model_overrides" else (None, parts[1])
+        keys = [item.partition("=")[0] for item in getattr(args, "set", []) or []]
+        scoped = model is not None and f"{model}.{param}" in keys or param == "KEY"
+        given = scoped or param in keys
+        flag = f"--set {model + '.' if scoped else ''}{param}={'...' if shown == '' else shown}"
     else:
         option = "--seed-list" if key == "seeds" and getattr(args, "seed_list", None) else OPTIONS.get(key, key)
         flag = option + ("" if shown == "" else f" {shown}")

@@ -3,8 +3,8 @@
 
 `sbr-bench run` (and its `--config FILE`), `sweep`, `dissect`, `reproduce`, the Ray engine and torchrun all
 build an `Experiment` and go through `Experiment.plan` (the run config) and `units.train_unit` (one unit).
-Every run folder holds `experiment.toml`, the experiment it ran with every model's full parameters:
-`Experiment.from_toml` of it (or `sbr-bench run --config` it) runs the same experiment again.
+Every folder of `run` and `sweep` holds `experiment.toml`, the experiment it ran: `Experiment.from_toml` of
+it (or `sbr-bench run --config` it) runs the same experiment again.
 """
 
 from __future__ import annotations
@@ -139,11 +139,9 @@ class Experiment:
         _expect("runs_dir", self.runs_dir, (str, os.PathLike))
         self.runs_dir = str(self.runs_dir)
         if self.run_id is not None:
-            from .runs import RUN_ID_PATTERN
+            from .runs import check_run_id
 
-            if not isinstance(self.run_id, str) or not RUN_ID_PATTERN.fullmatch(self.run_id):
-                raise ConfigError("run_id", "a run id is one folder name of letters, digits and ._-+= (not "
-                                  "starting with '.', at most 200 characters)", self.run_id)
+            check_run_id(self.run_id)
 
     # --- files ------------------------------------------------------------------------------------
     @classmethod
@@ -218,7 +216,8 @@ class Experiment:
             given = {k: v for k, v in common.items() if k in defaults[name]}
             given.update(self.model_overrides.get(name, {}))
             if dataset_name.startswith("synthetic"):
-                settings, note = SYNTHETIC_SETTINGS.get(spec_for(name).source, ({}, None))
+                readout = name.rpartition("+")[2]  # a composition takes the readout's settings
+                settings, note = SYNTHETIC_SETTINGS.get(spec_for(readout).source, ({}, None))
                 unset = {k: v for k, v in settings.items() if k not in given}
                 if unset:
                     given.update(unset)
@@ -299,9 +298,10 @@ def resume(run, runs_dir="runs", device: str | None = None, checkpoint_every: in
     from .runs import RunDir
 
     run_dir = RunDir.open(str(run), runs_dir)
+    device = device or run_dir.config()["device"]
     options = dict(checkpoint_every=checkpoint_every, deterministic=deterministic, what=f"resume {run}",
-                   discard_checkpoint=discard_checkpoint)
-    return _in_session(device or run_dir.config()["device"], lambda dev, quiet: _execute(
+                   discard_checkpoint=discard_checkpoint, device_name=device)
+    return _in_session(device, lambda dev, quiet: _execute(
         run_dir, None, dev, progress and not quiet, "local", {}, None, **options))
 
 
@@ -339,7 +339,7 @@ def _in_session(device_name: str, body):
 
 
 def _execute(run_dir, experiment, device, progress, engine, engine_options, command, checkpoint_every=None,
-             deterministic=False, what="", discard_checkpoint=False):
+             deterministic=False, what="", discard_checkpoint=False, device_name=None):
     """A new run of `experiment`, or the resumed `run_dir`. The run folder stays locked throughout
     (`sbr_bench.lock`; a second process on it is refused)."""
     from . import distributed
@@ -365,7 +365,7 @@ def _execute(run_dir, experiment, device, progress, engine, engine_options, comm
             if dataset_fingerprint(dataset) != config["dataset"]["fingerprint"]:
                 raise UserError(f"{what}: dataset '{config['dataset']['name']}' differs from the one this run "
                                 "started with (fingerprint mismatch); start a new run instead")
-            device = device if device is not None else resolve_device(config["device"])
+            device = device if device is not None else resolve_device(device_name or config["device"])
             if distributed.is_main():
                 write_json(run_dir.path / f"env.resume-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json",
                            environment())
@@ -416,32 +416,41 @@ def _train_units(run_dir, config, dataset, device, progress, engine, engine_opti
         raise
 
 
-def write_experiment(run_dir, experiment: Experiment, config: dict) -> None:
-    """`<run>/experiment.toml`: the experiment with its models resolved and their full parameters, so
-    that running it again gives the same config even if defaults change; without a run id."""
-    from .io import write_text
+def experiment_record(experiment: Experiment, config: dict) -> str:
+    """The text of `<run>/experiment.toml`: the experiment as given, with its model list resolved (`all`
+    becomes the names) and without a run id. With the same sbr-bench version it runs the same config
+    again (config.json keeps every model's full parameters for other versions); options given with
+    `--config` override it as they override any experiment file."""
+    from . import __version__
 
-    pinned = experiment.replace(models=list(config["models"]), overrides={}, epochs=None, batch_size=None,
-                                model_overrides={name: dict(cfg) for name, cfg in config["cfg"].items()},
-                                run_id=None)
-    write_text(run_dir.path / EXPERIMENT_FILE, "# The experiment of this run: `sbr-bench run --config "
-               "experiment.toml` (or\n# sbr_bench.Experiment.from_toml) runs it again, into a new run folder.\n"
-               + pinned.to_toml())
+    given = experiment.replace(models=list(config["models"]), run_id=None)
+    text = ("# The experiment of this run (sbr-bench " + __version__ + "): `sbr-bench run --config "
+            "experiment.toml`\n# (or sbr_bench.Experiment.from_toml) runs it again, into a new run folder.\n"
+            + given.to_toml())
+    tomllib.loads(text)  # what we write must read back
+    return text
 
 
 def _on_main(action) -> None:
-    """`action()` on rank 0; its UserError (the exception itself) is raised on every rank."""
+    """`action()` on rank 0; an error there is raised on every rank (a ConfigError as itself, for the CLI's
+    wording; another UserError as its message; anything else on the other ranks as a RuntimeError)."""
     from . import distributed
 
     if distributed.world() == 1:
         return action()
-    error = None
+    error, raised = None, None
     if distributed.is_main():
         try:
             action()
+        except ConfigError as e:
+            error, raised = e, e
         except UserError as e:
-            error = e
+            error, raised = UserError(str(e)), e
+        except Exception as e:
+            error, raised = RuntimeError(f"rank 0 failed: {type(e).__name__}: {e}"), e
     error = distributed.broadcast_object(error)
+    if raised is not None:
+        raise raised
     if error is not None:
         raise error
 
@@ -455,19 +464,31 @@ def _load_in_turn(spec: dict):
     return found[0] if found else load_dataset(spec)
 
 
-def _create_run_dir(experiment: Experiment, run_id: str, config: dict):
-    """Rank 0 creates the run folder (config.json, env.json, experiment.toml) and holds its lock; every
-    rank gets its path."""
-    from . import distributed
+def create_run_dir(runs_dir, run_id: str, config: dict, experiment_toml: str):
+    """A new run folder with config.json, env.json and experiment.toml, holding its lock (released if a
+    write fails)."""
     from .env import environment
+    from .io import write_text
     from .runs import RunDir
 
-    made = []
+    run_dir = RunDir.create(runs_dir, run_id, config, environment(), lock=True)
+    try:
+        write_text(run_dir.path / EXPERIMENT_FILE, experiment_toml)
+    except BaseException:
+        run_dir.unlock()
+        raise
+    return run_dir
+
+
+def _create_run_dir(experiment: Experiment, run_id: str, config: dict):
+    """Rank 0 creates the run folder and holds its lock; every rank gets its path."""
+    from . import distributed
+    from .runs import RunDir
+
+    made, text = [], experiment_record(experiment, config)
 
     def create():
-        run_dir = RunDir.create(experiment.runs_dir, run_id, config, environment(), lock=True)
-        write_experiment(run_dir, experiment, config)
-        made.append(run_dir)
+        made.append(create_run_dir(experiment.runs_dir, run_id, config, text))
 
     _on_main(create)
     path = distributed.broadcast_object(str(made[0].path) if made else None)
@@ -593,11 +614,15 @@ def _toml_table(name: str, table: dict) -> str:
 
 
 def _toml_key(key: str) -> str:
-    return key if key and all(c.isalnum() or c in "_-" for c in key) else _toml_string(key)
+    bare = key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key)
+    return key if bare else _toml_string(key)
 
 
 def _toml_string(text: str) -> str:
-    escaped = "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" for c in text)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise ValueError(f"{text!r} holds a lone surrogate, which TOML cannot hold")
+    escaped = "".join(c if c.isprintable() and c not in '"\\' else
+                      f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}" for c in text)
     return f'"{escaped}"'
 
 
@@ -608,6 +633,6 @@ def _toml_value(value) -> str:
         return repr(value)
     if isinstance(value, str):
         return _toml_string(value)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)) and not any(isinstance(v, dict) for v in value):
         return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+    raise ValueError(f"cannot write {type(value).__name__} {value!r:.60} to an experiment file")

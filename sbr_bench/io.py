@@ -1,11 +1,14 @@
 """Atomic file writes: a crash never leaves a half-written cache, record or checkpoint. The temporary file
-of a write is `.<name>.<pid>.<random>.tmp` next to its target; one left by a killed process is removed by
-`remove_orphans` (only when its process is gone, so a concurrent writer's file stays)."""
+of a write is `.<name>.<host>-<pid>.<random>.tmp` next to its target (`<host>`: a short hash of the host
+name); one left by a killed process is removed by `remove_orphans`, only on its own host and only when its
+process is gone, so a concurrent writer's file stays, also on another node sharing the folder."""
 
 import contextlib
+import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -15,7 +18,7 @@ def atomic_path(path):
     """Yield a temporary path in the same folder; move it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -31,7 +34,13 @@ def atomic_path(path):
         raise
 
 
-_ORPHAN = re.compile(r"\..+\.(\d+)\.[^.]+\.tmp")
+_ORPHAN = re.compile(r"\..+\.([0-9a-f]{8})-(\d+)\.[^.]+\.tmp")
+
+
+def writer_tag(pid: int | None = None) -> str:
+    """`<host hash>-<pid>` of this process (or of `pid` on this host), as temporary file names carry it."""
+    host = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{host}-{os.getpid() if pid is None else pid}"
 
 
 def remove_orphans(folder) -> list[Path]:
@@ -43,7 +52,7 @@ def remove_orphans(folder) -> list[Path]:
         return removed
     for path in folder.iterdir():
         m = _ORPHAN.fullmatch(path.name)
-        if m and path.is_file() and not _running(int(m.group(1))):
+        if m and m.group(1) == writer_tag()[:8] and path.is_file() and not _running(int(m.group(2))):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(path)

@@ -83,10 +83,10 @@ def read_record(path, advice: str):
     return data
 
 
-def check_run_id(run_id: str, flag: str = "run id") -> str:
+def check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
-        raise UserError(f"{flag} {run_id!r}: a run id is one folder name of letters, digits and ._-+= "
-                        "(not starting with '.', at most 200 characters)")
+        raise ConfigError("run_id", "a run id is one folder name of letters, digits and ._-+= (not starting "
+                          "with '.', at most 200 characters)", run_id)
     return run_id
 
 
@@ -495,7 +495,7 @@ def results_markdown(results: dict) -> str:
         f"# Results of run {results['run_id']} on {results['dataset']}",
         "",
         f"Test split, ×100, mean ± std over seeds {results['seeds']}. {selection_caption(results['selection'])} "
-        + (settings_caption(results) + " " if settings_caption(results) else "") +
+        + (f"{settings_caption(results)} " if results.get("settings_notes") else "") +
         "Time per epoch: median seconds of training (data + forward + backward) over epochs after the "
         "first; phases are medians; eval is the pass over the watched split (validation; the test under literature). Marks: \\*\\* p < 0.01, \\* p < 0.05 "
         "(Holm-corrected paired t-test on per-example values, averaged over seeds, against the best model); "

@@ -156,7 +156,7 @@ def train(model, dataset, cfg: dict | None = None, *, selection: str = "valid", 
 
     trainable = getattr(model, "trainable", True) is not False
     own = dict(getattr(model, "cfg", None) or {})
-    cfg = dict(TRAIN_DEFAULTS, **own, **(cfg or {})) if trainable else dict(own, **(cfg or {}))
+    cfg = {**TRAIN_DEFAULTS, **own, **(cfg or {})} if trainable else {**own, **(cfg or {})}
     initial = copy.deepcopy(model) if trainable and selection == "refit" else None
     with tempfile.TemporaryDirectory(prefix="sbr-bench-train-") as scratch:
         run = Run(folder or scratch, type(model).__name__, seed)

@@ -1,6 +1,7 @@
 """The library-first core: the README's quick starts, `Experiment` from Python, from its TOML through the
 CLI and under the Ray engine, typed config errors, `train`, `Evaluator`, plugins and `models list`."""
 
+import json
 import os
 import re
 import shlex
@@ -255,3 +256,53 @@ def test_model_parameters_are_typed_dataclasses_next_to_their_models():
         with pytest.raises(ConfigError, match=re.escape(message)) as info:
             check(name, {key: value})
         assert info.value.key == f"model_overrides.{name}.{key}"
+
+
+def test_options_override_a_runs_experiment_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "--models", "pop,srgnn", "--dataset", "synthetic:tiny", "--epochs", "1",
+                     "--selection", "valid", "--run-id", "a", "--no-progress"]) == 0
+    again = ["run", "--config", "runs/a/experiment.toml", "--no-progress"]
+    assert cli.main(again + ["--epochs", "2", "--set", "lr=0.005", "--run-id", "b"]) == 0
+    cfg = read_json(tmp_path / "runs/b/config.json")["cfg"]["srgnn"]
+    assert cfg["epochs"] == 2 and cfg["lr"] == 0.005
+    assert cli.main(again + ["--models", "srgnn", "--run-id", "c"]) == 0
+    assert read_json(tmp_path / "runs/c/config.json")["models"] == ["srgnn"]
+    capsys.readouterr()
+    assert cli.main(again + ["--set", "srgnn.lr=fast", "--run-id", "d"]) == 2
+    assert "--set srgnn.lr=fast: 'lr' is a number" in capsys.readouterr().err
+    assert cli.main(again + ["--set", "narm.lr=0.1", "--run-id", "e"]) == 2
+    assert "--set narm.KEY=...: 'narm' is not among the models" in capsys.readouterr().err
+    # a resume takes the device it is given, not only the recorded one
+    config = read_json(tmp_path / "runs/a/config.json")
+    (tmp_path / "runs/a/config.json").write_text(json.dumps(dict(config, device="cuda:7")))
+    assert cli.main(["run", "--resume", "a", "--device", "cpu", "--no-progress"]) == 0
+
+
+def test_train_takes_settings_that_the_model_cfg_also_has(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = sbr_bench.load_dataset("synthetic:tiny")
+    model = sbr_bench.build_model("srgnn", data.n_items, dim=8)
+    assert sbr_bench.train(model, data, {"epochs": 1, "lr": 0.01})["epochs_trained"] == 1
+
+
+def test_experiment_files_hold_any_name_or_refuse_it_clearly():
+    data = {"models": ["modèle", "x"], "model_overrides": {"modèle": {"tag": "emoji \U0001F600 and \\ and \""}}}
+    assert tomllib.loads(toml_text(data)) == data
+    with pytest.raises(ValueError, match="lone surrogate"):
+        toml_text({"dataset": {"data_dir": "bad\udcff"}})
+    with pytest.raises(ValueError, match="cannot write list"):
+        toml_text({"x": [{"a": 1}]})
+
+
+def test_plugin_defaults_must_be_plain_values():
+    with pytest.raises(ValueError, match="the default of 'w' is a list"):
+        registry.register_model("listy", registry.BaselineSpec(build=lambda n, cfg: None, defaults={"w": [1]}))
+    assert "listy" not in registry._REGISTERED
+
+
+def test_dissect_epochs_option_wins_over_set_as_before():
+    from sbr_bench.commands.dissect import experiment_of
+
+    args = cli.build_parser().parse_args(["dissect", "--set", "epochs=3", "--epochs", "5"])
+    assert experiment_of(args).model_overrides["srgnn"]["epochs"] == 5

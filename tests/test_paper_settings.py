@@ -113,6 +113,8 @@ def test_atten_mixer_runs_at_d64_on_the_synthetic_data_and_the_caption_says_so()
     assert Experiment(models="attenmixer").model_configs(["attenmixer"], "diginetica")["attenmixer"]["dim"] == 256
     chosen = Experiment(models="attenmixer", overrides={"dim": 128}).model_configs(["attenmixer"], "synthetic")
     assert chosen["attenmixer"]["dim"] == 128  # a setting the experiment gives wins, and nothing is noted
+    composed = Experiment(models="srgnn+attenmixer").model_configs(["srgnn+attenmixer"], "synthetic")
+    assert composed["srgnn+attenmixer"]["dim"] == 64  # a composition takes its readout's setting
     both = Experiment(models="table3").model_configs(TABLE3, "synthetic:tiny")
     assert {cfg["dim"] for cfg in both.values()} == {TABLE3_DIM}  # Table 3 keeps both sides at the paper's d
 

@@ -342,11 +342,16 @@ def test_orphan_temporary_files_of_dead_processes_are_removed(tmp_path):
     assert run(tmp_path, *FRESH, "--run-id", "r", "--seeds", "2") == 0
     unit = tmp_path / "runs" / "r" / "meanpool" / "seed1"
     (unit / "summary.json").unlink()
-    orphan, live = unit / f".ranks.npz.{dead}.abc123.tmp", unit / f".ranks.npz.{os.getppid()}.def456.tmp"
+    from sbr_bench.io import writer_tag
+
+    orphan, live = unit / f".ranks.npz.{writer_tag(int(dead))}.abc123.tmp", \
+        unit / f".ranks.npz.{writer_tag(os.getppid())}.def456.tmp"
+    other_host = unit / f".ranks.npz.0000beef-{dead}.ghi789.tmp"  # another node's writer: not ours to judge
+    other_host.write_bytes(b"w")
     orphan.write_bytes(b"x" * 1000)
     live.write_bytes(b"y")
     assert run(tmp_path, "--resume", "r") == 0
-    assert not orphan.exists() and live.exists()
+    assert not orphan.exists() and live.exists() and other_host.exists()
 
     # the dataset cache too
     import pickle
@@ -359,7 +364,7 @@ def test_orphan_temporary_files_of_dead_processes_are_removed(tmp_path):
     (split / "test.txt").write_bytes(pickle.dumps(([[1, 2], [2, 3]], [3, 4])))
     load_dataset(str(split), data_dir=tmp_path / "data")
     cache = next((tmp_path / "data").rglob("*.npz"))
-    cached_orphan = cache.parent / f".{cache.name}.{dead}.zz.tmp"
+    cached_orphan = cache.parent / f".{cache.name}.{writer_tag(int(dead))}.zz.tmp"
     cached_orphan.write_bytes(b"z")
     load_dataset(str(split), data_dir=tmp_path / "data")
     assert not cached_orphan.exists()

@@ -49,10 +49,12 @@ def experiment_of(args):
     overrides = {**common, **scoped.pop(args.model, {})}
     if scoped:
         raise UserError(f"--set {next(iter(scoped))}.KEY=...: only --model {args.model} is dissected")
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs  # the option wins over --set epochs=...
     for key in ("weight_decay", "batch_size"):
         if preset.get(key) is not None:
             overrides.setdefault("l2" if key == "weight_decay" else key, preset[key])
-    return Experiment(models=[args.model], dataset=data_config(args), seeds=args.seeds, epochs=args.epochs,
+    return Experiment(models=[args.model], dataset=data_config(args), seeds=args.seeds,
                       model_overrides={args.model: overrides}, selection="valid", device=args.device,
                       runs_dir=args.runs_dir, run_id=args.run_id)
 

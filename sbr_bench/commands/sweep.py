@@ -228,8 +228,7 @@ def prepare(args, points: list[Point], sweep_id: str) -> list[tuple[Point, objec
     import sys
 
     from ..engines import cached_dataset
-    from ..env import environment
-    from ..experiment import write_experiment
+    from ..experiment import create_run_dir, experiment_record
     from ..runs import RunDir, selection_of
 
     prepared = []
@@ -242,8 +241,7 @@ def prepare(args, points: list[Point], sweep_id: str) -> list[tuple[Point, objec
             label = ", ".join([point.model, point.dataset] + [f"{k}={v}" for k, v in point.params.items()])
             path = Path(args.runs_dir) / point.run_id
             if not (path / "config.json").exists():
-                run_dir = RunDir.create(args.runs_dir, point.run_id, config, environment(), lock=True)
-                write_experiment(run_dir, experiment, config)
+                run_dir = create_run_dir(args.runs_dir, point.run_id, config, experiment_record(experiment, config))
                 print(f"point {label}: {run_dir.path}")
             else:  # continue it, but only with the same settings: a sweep must not mix configurations
                 run_dir = RunDir(path).lock(f"sweep {sweep_id}")

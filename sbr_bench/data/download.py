@@ -99,7 +99,9 @@ def download(url, dest, sha256=None, size=None, chunk=1 << 20, timeout=60, retri
     unverified = dest.with_name(dest.name + ".unverified")
     if dest.exists():
         _verify(dest, url, sha256, size, delete_on_mismatch=False)
-        if unverified.exists():
+        if unverified.exists() and (sha256 is not None or size is not None):
+            unverified.unlink()  # a known checksum or size has just verified it
+        elif unverified.exists():
             _warn_unverified(dest)
         return dest
     started = time.monotonic()
@@ -116,7 +118,8 @@ def download(url, dest, sha256=None, size=None, chunk=1 << 20, timeout=60, retri
                 raise _Restart(f"{part} is longer than the file ({have} > {expected_total} bytes)")
             if expected_total is not None and have == expected_total:
                 break  # a previous run fetched everything but stopped before verification
-            total = _transfer(url, part, have, chunk, timeout, progress, min_rate, rate_window)
+            until = None if deadline is None else started + deadline
+            total = _transfer(url, part, have, chunk, timeout, progress, min_rate, rate_window, until)
             if total is not None:
                 expected_total = total if size is None else size
                 got = part.stat().st_size
@@ -175,7 +178,7 @@ def _warn_unverified(dest) -> None:
           f"{dest.name}.unverified", file=sys.stderr)
 
 
-def _transfer(url, part, have, chunk, timeout, progress, min_rate=0, rate_window=60.0):
+def _transfer(url, part, have, chunk, timeout, progress, min_rate=0, rate_window=60.0, until=None):
     """One HTTP request that appends to `part`. Returns the total file size, or None if unknown."""
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if have:
@@ -204,6 +207,8 @@ def _transfer(url, part, have, chunk, timeout, progress, min_rate=0, rate_window
                     received += len(block)
                     bar.update(len(block))
                     window_bytes += len(block)
+                    if until is not None and time.monotonic() > until:
+                        raise _Interrupted(f"past the deadline after {have + received} bytes")
                     elapsed = time.monotonic() - window_start
                     if elapsed >= rate_window:
                         if window_bytes < min_rate * elapsed:

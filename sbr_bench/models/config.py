@@ -56,6 +56,11 @@ def from_dict(name: str, defaults: dict, base: type | None = None):
     def kind(value):
         return typing.Any if value is None else type(value)
 
+    for key, value in defaults.items():
+        if not (value is None or isinstance(value, (bool, int, float, str))):
+            raise ValueError(f"{name}: the default of {key!r} is a {type(value).__name__}; model parameters are "
+                             "numbers, strings, booleans or None (what an experiment file and --set can give)")
+
     made = dataclasses.make_dataclass(f"{name}Config", [(k, kind(v), dataclasses.field(default=v))
                                                         for k, v in defaults.items()],
                                       bases=(base,) if base else (), frozen=True,
