@@ -13,7 +13,7 @@ HELP = "train and evaluate models on a dataset over seeds (Table 2 style results
 EPILOG = """\
 Config files: --config FILE reads an experiment (TOML: models, dataset, seeds, epochs, selection, overrides,
 model_overrides; see docs/guide.md); the options given on the command line override it. Every run writes
-the experiment it ran, with every model's full parameters, to runs/<run-id>/experiment.toml: `--config` of
+the experiment it ran (its models resolved) to runs/<run-id>/experiment.toml: `--config` of
 that file runs the same experiment again.
 Epochs: --epochs N sets every model's epochs; without it each model uses its own default (--set epochs=N
 also works), capped at 5 on the built-in synthetic datasets, where all ten models take about 2 minutes on
