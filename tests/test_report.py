@@ -96,3 +96,8 @@ def test_latex_tables_are_latex(recorded):
     assert r"\begin{tabular}" in tex and r"\*" not in tex
     assert not re.search(r"\*\*\d", tex)  # no Markdown bold; marks are superscripts like $^{**}$
     assert r"$\pm$" in tex  # two seeds: mean ± std
+
+
+def test_report_takes_runs_dir_like_run(tmp_path, capsys):
+    assert main(["report", "--runs-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert f"--runs-dir {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
