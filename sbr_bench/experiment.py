@@ -424,10 +424,13 @@ def experiment_record(experiment: Experiment, config: dict) -> str:
     from . import __version__
 
     given = experiment.replace(models=list(config["models"]), run_id=None)
-    text = ("# The experiment of this run (sbr-bench " + __version__ + "): `sbr-bench run --config "
-            "experiment.toml`\n# (or sbr_bench.Experiment.from_toml) runs it again, into a new run folder.\n"
-            + given.to_toml())
-    tomllib.loads(text)  # what we write must read back
+    try:
+        text = ("# The experiment of this run (sbr-bench " + __version__ + "): `sbr-bench run --config "
+                "experiment.toml`\n# (or sbr_bench.Experiment.from_toml) runs it again, into a new run folder.\n"
+                + given.to_toml())
+        tomllib.loads(text)  # what we write must read back
+    except (ValueError, tomllib.TOMLDecodeError) as e:  # checked before the run folder exists
+        raise ConfigError("experiment", f"cannot be recorded as an experiment file ({e})") from None
     return text
 
 
