@@ -26,8 +26,6 @@ def __getattr__(name):
              "register_model": "models.registry", "ModelSpec": "models.registry", "BaselineSpec": "models.registry",
              "list_models": "models.registry", "ConfigError": "errors", "DataFormatError": "errors",
              "UserError": "errors"}
-    if name == "build_model":
-        return build_model
     if name not in homes:
         raise AttributeError(f"module 'sbr_bench' has no attribute {name!r}")
     return getattr(importlib.import_module(f"sbr_bench.{homes[name]}"), name)

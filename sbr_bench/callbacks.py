@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from .errors import ConfigError
@@ -97,39 +98,48 @@ def make_trackers(names, unit, runs_dir, run_id: str, cfg: dict) -> list[Callbac
     return made
 
 
-class TensorBoardTracker(Callback):
-    """Event files in `<unit>/tensorboard/` (`tensorboard --logdir runs/`): every epoch's losses, times and
-    watched metrics at step = epoch, the refit's under `refit/`, and the test metrics at the tested epoch."""
+class _Tracker(Callback):
+    """What every tracker records: each epoch's numbers at step = epoch (the refit's under `refit/`) and
+    the test metrics under `final_test/` at the tested epoch. A tracker says how to `log` a step."""
+
+    def log(self, scalars: dict, step: int) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def on_epoch_end(self, trainer, row):
+        prefix = "refit/" if trainer.phase == "refit" else ""
+        self.log({prefix + tag: value for tag, value in _scalars(row).items()}, row["epoch"])
+
+    def on_fit_end(self, trainer, summary):
+        self.log({f"final_test/{k}": v for k, v in summary["test"].items()}, summary.get("best_epoch") or 0)
+
+
+class TensorBoardTracker(_Tracker):
+    """Event files in `<unit>/tensorboard/` (`tensorboard --logdir runs/`)."""
 
     def __init__(self, log_dir):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(log_dir))
 
-    def on_epoch_end(self, trainer, row):
-        prefix = "refit/" if trainer.phase == "refit" else ""
-        for tag, value in _scalars(row).items():
-            self.writer.add_scalar(prefix + tag, value, row["epoch"])
-        self.writer.flush()
-
-    def on_fit_end(self, trainer, summary):
-        for metric, value in summary["test"].items():
-            self.writer.add_scalar(f"final_test/{metric}", value, summary.get("best_epoch") or 0)
+    def log(self, scalars, step):
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
     def close(self):
         self.writer.close()
 
 
-class MLflowTracker(Callback):
-    """One MLflow run per unit, in the experiment named after the run folder: the unit's cfg as params,
-    every epoch's numbers as metrics (step = epoch; the refit's prefixed `refit/`), the test metrics as
-    `final_test/...`. Tracking URI: $MLFLOW_TRACKING_URI, else a local store in `<runs-dir>/mlruns` (MLflow's
-    file store, which MLflow keeps in maintenance mode: allowed here for that folder only). A resumed unit
-    continues its MLflow run (its id is kept in `<unit>/mlflow.json`)."""
+class MLflowTracker(_Tracker):
+    """One MLflow run per unit, in the experiment named after the run folder, with the unit's cfg as
+    params (MLflow's names take no `@`: `valid/MRR_at_20`). Tracking URI: $MLFLOW_TRACKING_URI, else a
+    local store in `<runs-dir>/mlruns` (MLflow's file store, which MLflow keeps in maintenance mode: allowed
+    here for that folder only). A resumed unit continues its MLflow run (its id is kept in
+    `<unit>/mlflow.json`)."""
 
     def __init__(self, unit_path: Path, runs_dir: Path, run_name: str, experiment: str, params: dict):
         import mlflow
+        from mlflow.entities import Param
 
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
@@ -143,19 +153,18 @@ class MLflowTracker(Callback):
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
             self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
-            for key, value in params.items():
-                self.client.log_param(self.run_id, key, value)
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
             from .io import write_json
 
             write_json(self.record, {"run_id": self.run_id, "tracking_uri": uri})
 
-    def on_epoch_end(self, trainer, row):
-        prefix = "refit/" if trainer.phase == "refit" else ""
-        for tag, value in _scalars(row).items():
-            self.client.log_metric(self.run_id, (prefix + tag).replace("@", "_at_"), value, step=row["epoch"])
+    def log(self, scalars, step):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(tag.replace("@", "_at_"), float(value), now, step)
+                                                    for tag, value in scalars.items()])
 
     def on_fit_end(self, trainer, summary):
-        for metric, value in summary["test"].items():
-            self.client.log_metric(self.run_id, f"final_test/{metric}".replace("@", "_at_"), value,
-                                   step=summary.get("best_epoch") or 0)
+        super().on_fit_end(trainer, summary)
         self.client.set_terminated(self.run_id)

@@ -43,23 +43,30 @@ OPTIONS = {
 def as_option(error: ConfigError, args) -> str:
     """A library ConfigError in the words of the command line: the option that sets the key, or, for a
     setting that came from an experiment file and no option, the file and its key."""
-    key, value = error.key, error.value
-    shown = "" if value is ConfigError.NO_VALUE else value
-    if key.startswith(("overrides.", "model_overrides.")):
-        parts = key.split(".")
-        model, param = (parts[1], parts[2]) if parts[0] == "model_overrides" and len(parts) > 2 else \
-            (parts[1], "KEY") if parts[0] == "model_overrides" else (None, parts[1])
-        keys = [item.partition("=")[0] for item in getattr(args, "set", []) or []]
-        scoped = model is not None and f"{model}.{param}" in keys or param == "KEY"
-        given = scoped or param in keys
-        flag = f"--set {model + '.' if scoped else ''}{param}={'...' if shown == '' else shown}"
+    has_value = error.value is not ConfigError.NO_VALUE
+    scope, _, rest = error.key.partition(".")
+    if scope in ("overrides", "model_overrides"):
+        flag, given = _set_option(scope, rest, error.value if has_value else "...", getattr(args, "set", None) or [])
     else:
+        key = error.key
         option = "--seed-list" if key == "seeds" and getattr(args, "seed_list", None) else OPTIONS.get(key, key)
-        flag = option + ("" if shown == "" else f" {shown}")
+        flag = option + (f" {error.value}" if has_value else "")
         given = getattr(args, option.lstrip("-").replace("-", "_"), None) not in (None, [], False)
-    if error.source or (getattr(args, "config", None) and not given):
-        return str(error) if error.source else f"{args.config}: {error}"
+    if error.source:
+        return str(error)
+    if getattr(args, "config", None) and not given:
+        return f"{args.config}: {error}"
     return f"{flag}: {error.message}"
+
+
+def _set_option(scope: str, rest: str, shown, items: list) -> tuple[str, bool]:
+    """The `--set` spelling of `overrides.KEY` or `model_overrides.MODEL[.KEY]`, and whether --set gave it:
+    MODEL.KEY when the option was scoped to the model (or no key is named), else KEY."""
+    model, _, param = rest.partition(".") if scope == "model_overrides" else (None, "", rest)
+    keys = {item.partition("=")[0] for item in items}
+    scoped = model is not None and (not param or f"{model}.{param}" in keys)
+    name = f"{model}.{param or 'KEY'}" if scoped else param
+    return f"--set {name}={shown}", scoped or param in keys
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, UserError
+from .models.config import validate
 from .runs import DEFAULT_SELECTION, SELECTIONS
 
 # Epoch caps for built-in datasets when neither `epochs` nor a model's own `epochs` override is given.
@@ -53,15 +54,12 @@ class DataConfig:
     params: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        _expect("dataset.name", self.name, str)
-        _expect("dataset.data_dir", self.data_dir, (str, os.PathLike))
-        self.data_dir = str(self.data_dir)
+        self.data_dir = _path_text(self.data_dir)
+        validate(self, "dataset.")
         if self.protocol not in (None, "srgnn", "lessr"):
             raise ConfigError("dataset.protocol", "expected srgnn or lessr", self.protocol)
-        _expect("dataset.valid_fraction", self.valid_fraction, (int, float))
         if not 0 < self.valid_fraction < 1:
             raise ConfigError("dataset.valid_fraction", "must lie between 0 and 1", self.valid_fraction)
-        _expect("dataset.params", self.params, dict)
 
     def spec(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,43 +102,33 @@ class Experiment:
     log: list = field(default_factory=list)
 
     def __post_init__(self):
-        if isinstance(self.models, str):
-            self.models = [m.strip() for m in self.models.split(",") if m.strip()]
-        _expect("models", self.models, list)
-        if not self.models or not all(isinstance(m, str) and m for m in self.models):
-            raise ConfigError("models", "expected model names (all for every model)", self.models)
+        from .callbacks import check_trackers
+        from .runs import check_run_id
+
+        # The shorthands first (a comma-separated string, a dataset name or table, a number of seeds) ...
+        self.models, self.log = _names(self.models), _names(self.log)
         if isinstance(self.dataset, str):
             self.dataset = DataConfig(name=self.dataset)
         elif isinstance(self.dataset, dict):
             self.dataset = DataConfig(**_known("dataset", self.dataset, DataConfig))
-        _expect("dataset", self.dataset, DataConfig)
         self.seeds = _seeds(self.seeds)
+        self.runs_dir = _path_text(self.runs_dir)
+        validate(self)  # ... then every field's type, then what a type cannot say
+        if not self.models or not all(isinstance(m, str) and m for m in self.models):
+            raise ConfigError("models", "expected model names (all for every model)", self.models)
         for key in ("epochs", "batch_size"):
-            value = getattr(self, key)
-            if value is not None and (not _whole(value) or value < 1):
-                raise ConfigError(key, "expected a whole number of at least 1", value)
-        _expect("overrides", self.overrides, dict)
-        _expect("model_overrides", self.model_overrides, dict)
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(key, "must be at least 1", getattr(self, key))
         for name, params in self.model_overrides.items():
-            _expect(f"model_overrides.{name}", params, dict)
+            if not isinstance(params, dict):
+                raise ConfigError(f"model_overrides.{name}", "expected a table of parameters", params)
         if self.selection not in SELECTIONS:
             raise ConfigError("selection", f"expected one of {', '.join(SELECTIONS)}", self.selection)
-        _expect("device", self.device, str)
-        _expect("deterministic", self.deterministic, bool)
-        if not _whole(self.checkpoint_every) or self.checkpoint_every < 0:
+        if self.checkpoint_every < 0:
             raise ConfigError("checkpoint_every", "expected 0 (end of epoch only) or more batches",
                               self.checkpoint_every)
-        if isinstance(self.log, str):
-            self.log = [t.strip() for t in self.log.split(",") if t.strip()]
-        _expect("log", self.log, list)
-        from .callbacks import check_trackers
-
         self.log = check_trackers(self.log)
-        _expect("runs_dir", self.runs_dir, (str, os.PathLike))
-        self.runs_dir = str(self.runs_dir)
         if self.run_id is not None:
-            from .runs import check_run_id
-
             check_run_id(self.run_id)
 
     # --- files ------------------------------------------------------------------------------------
@@ -287,7 +275,7 @@ class Experiment:
         if engine not in ("local", "ray"):
             raise ConfigError("engine", "expected local or ray", engine)
         return _in_session(self.device, lambda device, quiet: _execute(
-            None, self, device, progress and not quiet, engine, engine_options, command))
+            lambda held: _start(self, device, command, held), progress and not quiet, engine, engine_options))
 
 
 def resume(run, runs_dir="runs", device: str | None = None, checkpoint_every: int | None = None,
@@ -299,10 +287,13 @@ def resume(run, runs_dir="runs", device: str | None = None, checkpoint_every: in
 
     run_dir = RunDir.open(str(run), runs_dir)
     device = device or run_dir.config()["device"]
-    options = dict(checkpoint_every=checkpoint_every, deterministic=deterministic, what=f"resume {run}",
-                   discard_checkpoint=discard_checkpoint, device_name=device)
+    # Options of this process only, never recorded: the checkpoint interval, determinism, discarding.
+    changes = dict(discard_checkpoint=discard_checkpoint, **({"checkpoint_every": checkpoint_every}
+                                                             if checkpoint_every is not None else {}),
+                   **({"deterministic": True} if deterministic else {}))
     return _in_session(device, lambda dev, quiet: _execute(
-        run_dir, None, dev, progress and not quiet, "local", {}, None, **options))
+        lambda held: _continue(run_dir, dev, device, changes, f"resume {run}", held), progress and not quiet,
+        "local", {}))
 
 
 def check_memory(name: str, cfg: dict, n_items: int) -> None:
@@ -338,54 +329,64 @@ def _in_session(device_name: str, body):
             return body(device, True)
 
 
-def _execute(run_dir, experiment, device, progress, engine, engine_options, command, checkpoint_every=None,
-             deterministic=False, what="", discard_checkpoint=False, device_name=None):
-    """A new run of `experiment`, or the resumed `run_dir`. The run folder stays locked throughout
+def _execute(prepare, progress: bool, engine: str, engine_options: dict) -> "Results":
+    """Prepare a run (`prepare(held)` -> run folder, config, dataset, device; it puts the folders it locks
+    in `held`), train its units and collect the results. The run folder stays locked throughout
     (`sbr_bench.lock`; a second process on it is refused)."""
     from . import distributed
-    from .env import environment
-    from .io import remove_orphans, write_json
-    from .runs import dataset_fingerprint, new_run_id
-    from .training import resolve_device, seed_everything
 
     held = []
     try:
-        if run_dir is not None:
-            held.append(run_dir)
-            _on_main(lambda: run_dir.lock(what))
-            config = run_dir.config()
-            if checkpoint_every is not None:
-                config["checkpoint_every"] = checkpoint_every
-            if deterministic:
-                config["deterministic"] = True
-            config["discard_checkpoint"] = discard_checkpoint  # for this process only, not recorded
-            for folder in (run_dir.path, *(p for p in run_dir.path.iterdir() if p.is_dir())):
-                remove_orphans(folder)
-            dataset = _load_in_turn(config["dataset"])
-            if dataset_fingerprint(dataset) != config["dataset"]["fingerprint"]:
-                raise UserError(f"{what}: dataset '{config['dataset']['name']}' differs from the one this run "
-                                "started with (fingerprint mismatch); start a new run instead")
-            device = device if device is not None else resolve_device(device_name or config["device"])
-            if distributed.is_main():
-                write_json(run_dir.path / f"env.resume-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json",
-                           environment())
-        else:
-            dataset = _load_in_turn(experiment.dataset.spec())
-            config = experiment.plan(dataset, command)
-            device = device if device is not None else resolve_device(config["device"])
-            config["distributed"] = distributed.describe()
-            if config["deterministic"]:  # so that env.json records the flags in force
-                seed_everything(0, deterministic=True)
-            hashed = {k: config[k] for k in ("models", "cfg", "seeds", "dataset", "deterministic", "selection")}
-            run_id = experiment.run_id or (new_run_id(hashed) if distributed.is_main() else None)
-            run_dir = _create_run_dir(experiment, distributed.broadcast_object(run_id), config)
-            held.append(run_dir)
+        run_dir, config, dataset, device = prepare(held)
         _train_units(run_dir, config, dataset, device, progress, engine, engine_options)
         results = run_dir.write_results() if distributed.is_main() else None
         return Results(run_dir.path, distributed.broadcast_object(results))
     finally:
         for locked in held:  # also on errors; the end of the process would release it anyway
             locked.unlock()
+
+
+def _start(experiment: Experiment, device, command, held: list):
+    """A new run of `experiment`: its dataset, config and run folder (locked)."""
+    from . import distributed
+    from .runs import new_run_id
+    from .training import resolve_device, seed_everything
+
+    dataset = _load_in_turn(experiment.dataset.spec())
+    config = experiment.plan(dataset, command)
+    device = device if device is not None else resolve_device(config["device"])
+    config["distributed"] = distributed.describe()
+    if config["deterministic"]:  # so that env.json records the flags in force
+        seed_everything(0, deterministic=True)
+    hashed = {k: config[k] for k in ("models", "cfg", "seeds", "dataset", "deterministic", "selection")}
+    run_id = experiment.run_id or (new_run_id(hashed) if distributed.is_main() else None)
+    run_dir = _create_run_dir(experiment, distributed.broadcast_object(run_id), config)
+    held.append(run_dir)
+    return run_dir, config, dataset, device
+
+
+def _continue(run_dir, device, device_name: str, changes: dict, what: str, held: list):
+    """A recorded run to resume: locked, its config (with this process's `changes`), its dataset (checked
+    against the recorded fingerprint) and the device."""
+    from . import distributed
+    from .env import environment
+    from .io import remove_orphans, write_json
+    from .runs import dataset_fingerprint
+    from .training import resolve_device
+
+    held.append(run_dir)
+    _on_main(lambda: run_dir.lock(what))
+    config = dict(run_dir.config(), **changes)
+    dataset = _load_in_turn(config["dataset"])
+    if dataset_fingerprint(dataset) != config["dataset"]["fingerprint"]:
+        raise UserError(f"{what}: dataset '{config['dataset']['name']}' differs from the one this run "
+                        "started with (fingerprint mismatch); start a new run instead")
+    device = device if device is not None else resolve_device(device_name)
+    if distributed.is_main():
+        remove_orphans(run_dir.path)  # e.g. a results.json a kill interrupted; units clean their own folders
+        write_json(run_dir.path / f"env.resume-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json",
+                   environment())
+    return run_dir, config, dataset, device
 
 
 def _train_units(run_dir, config, dataset, device, progress, engine, engine_options) -> None:
@@ -510,9 +511,10 @@ class Results:
     @classmethod
     def load(cls, path) -> "Results":
         """The results of an existing run folder."""
-        from .io import read_json
+        from .runs import RunDir, read_record
 
-        return cls(path, read_json(Path(path) / "results.json"))
+        return cls(path, read_record(RunDir(path).results_path, "run `sbr-bench run --resume` on the folder to "
+                                                                "write it again"))
 
     @property
     def path(self) -> Path:
@@ -559,12 +561,13 @@ def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _expect(key: str, value, types) -> None:
-    types = types if isinstance(types, tuple) else (types,)
-    if isinstance(value, bool) and bool not in types:
-        raise ConfigError(key, f"expected {' or '.join(t.__name__ for t in types)}, not a boolean", value)
-    if not isinstance(value, types):
-        raise ConfigError(key, f"expected {' or '.join(t.__name__ for t in types)}", value)
+def _names(value):
+    """A comma-separated string as a list of its names; anything else as it is (checked by type)."""
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+def _path_text(value):
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def _known(prefix: str, data: dict, cls) -> dict:

@@ -160,6 +160,11 @@ class Run:
     summary_path = property(lambda self: self.path / "summary.json")
     ranks_path = property(lambda self: self.path / "ranks.npz")
 
+    @property
+    def refit(self) -> "Run":
+        """The record of this unit's refit phase (`refit` selection): `<unit>/refit/`."""
+        return Run(self.path / "refit", self.model, self.seed)
+
     def is_finished(self) -> bool:
         """Finished means finished well: `--resume` retries a failed unit (e.g. after an out-of-memory
         failure, on another device)."""

@@ -37,10 +37,10 @@ import torch
 
 from . import distributed
 from .env import keep_freed_memory
-from .errors import ConfigError
-from .profiling import peak_rss_mb
 from .checkpoint import Checkpointer, rng_state, seed_rank, set_rng_state
 from .epoch_stats import EpochStats
+from .errors import ConfigError
+from .profiling import peak_rss_mb
 from .runs import SELECTION_METRIC, SELECTIONS, Run, timing_summary
 
 EVAL_BATCH_SIZE = 500
@@ -161,7 +161,8 @@ def train(model, dataset, cfg: dict | None = None, *, selection: str = "valid", 
     with tempfile.TemporaryDirectory(prefix="sbr-bench-train-") as scratch:
         run = Run(folder or scratch, type(model).__name__, seed)
         summary = train_model(model, dataset, cfg, run, device=device, seed=seed, progress=progress,
-                              selection=selection, rebuild=(lambda: copy.deepcopy(initial)) if initial else None)
+                              selection=selection,
+                              rebuild=(lambda: copy.deepcopy(initial)) if initial is not None else None)
         if initial is not None:  # the refit trained a copy: hand its tested weights to `model`
             model.load_state_dict(run.load_checkpoint()["model"])
     return summary
@@ -212,7 +213,7 @@ def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0
         fresh = rebuild()
         seed_everything(seed, deterministic)  # as before the selection run: the same seeds, the same order
         epochs = chosen["best_epoch"] + 1
-        common["run"] = Run(run.path / "refit", run.model, run.seed)
+        common["run"] = run.refit
         selected = dict(best_epoch=chosen["best_epoch"], valid=chosen["best_valid"], refit_epochs=epochs,
                         selection_epochs_trained=len(chosen["history"]), stopped_early=chosen["stopped_early"],
                         max_epochs=chosen["max_epochs"], patience=int(cfg.get("patience") or 0),

@@ -28,21 +28,21 @@ def train_unit(run_dir, name: str, cfg: dict, seed: int, dataset, device, config
     from . import distributed
     from .io import remove_orphans
     from .models.registry import build_model
-    from .runs import RecordError, Run, selection_of
+    from .runs import RecordError, selection_of
     from .training import TrainingFailed, seed_everything, train_model
 
     unit = run_dir.unit(name, seed)
+    if distributed.is_main():
+        for folder in (unit.path, unit.refit.path):
+            remove_orphans(folder)  # temporary files of a process killed while writing
     if unit.is_finished():
         summary = unit.read_summary()
         print(f"[{name} seed {seed}] already finished ({summary.get('status')}), skipped")
         return summary
-    if distributed.is_main():
-        for folder in (unit.path, unit.path / "refit"):
-            remove_orphans(folder)  # temporary files of a process killed while writing
-        if config.get("discard_checkpoint"):
-            for record in (unit, Run(unit.path / "refit", name, seed)):
-                if (aside := record.discard_unreadable_checkpoint()) is not None:
-                    print(f"[{name} seed {seed}] unreadable checkpoint moved to {aside}; training from scratch")
+    if distributed.is_main() and config.get("discard_checkpoint"):
+        for record in (unit, unit.refit):
+            if (aside := record.discard_unreadable_checkpoint()) is not None:
+                print(f"[{name} seed {seed}] unreadable checkpoint moved to {aside}; training from scratch")
     print(f"[{name} seed {seed}] {'resuming' if unit.checkpoint_path.exists() else 'training'} on {device}",
           flush=True)
     def build():

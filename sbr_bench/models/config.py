@@ -61,11 +61,8 @@ def from_dict(name: str, defaults: dict, base: type | None = None):
             raise ValueError(f"{name}: the default of {key!r} is a {type(value).__name__}; model parameters are "
                              "numbers, strings, booleans or None (what an experiment file and --set can give)")
 
-    made = dataclasses.make_dataclass(f"{name}Config", [(k, kind(v), dataclasses.field(default=v))
-                                                        for k, v in defaults.items()],
-                                      bases=(base,) if base else (), frozen=True,
-                                      namespace={"__doc__": "types taken from the default values"})
-    return made()
+    return _make(f"{name}Config", "types taken from the default values",
+                 {k: (kind(v), v) for k, v in defaults.items()}, (base,) if base else ())
 
 
 def compose(name: str, doc: str, *parts: tuple[object, tuple[str, ...] | None]):
@@ -73,8 +70,13 @@ def compose(name: str, doc: str, *parts: tuple[object, tuple[str, ...] | None]):
     merged = {}
     for config, keys in parts:
         merged.update({k: v for k, v in fields(config).items() if keys is None or k in keys})
-    made = dataclasses.make_dataclass(name, [(k, t, dataclasses.field(default=d)) for k, (t, d) in merged.items()],
-                                      frozen=True, namespace={"__doc__": doc})
+    return _make(name, doc, merged)
+
+
+def _make(name: str, doc: str, typed: dict, bases: tuple = ()):
+    """An instance of a new frozen config dataclass with fields {key: (type, default)}."""
+    made = dataclasses.make_dataclass(name, [(k, t, dataclasses.field(default=d)) for k, (t, d) in typed.items()],
+                                      bases=bases, frozen=True, namespace={"__doc__": doc})
     return made()
 
 
@@ -83,6 +85,25 @@ def type_name(kind) -> str:
     if args and (typing.get_origin(kind) in (typing.Union, types.UnionType)):
         return " | ".join(type_name(a) for a in args)
     return "any" if kind is typing.Any else getattr(kind, "__name__", str(kind))
+
+
+def describe(kind) -> str:
+    """What a value of type `kind` is, in words (for errors): "a whole number", "true or false", ..."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return " or ".join(describe(a) for a in typing.get_args(kind) if a is not type(None))
+    words = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", list: "a list",
+             dict: "a table"}
+    return words.get(kind, type_name(kind))
+
+
+def validate(instance, prefix: str = "") -> None:
+    """Check every field of a (mutable) dataclass instance against its type hint, converting as `check`
+    does (2.0 -> 2 for an int); a ConfigError names `prefix` + the field."""
+    for key, (kind, value) in fields(instance).items():
+        ok, converted = _accepts(kind, value)
+        if not ok:
+            raise ConfigError(prefix + key, f"expected {describe(kind)}", value)
+        setattr(instance, key, converted)
 
 
 def _number(x) -> bool:
@@ -104,8 +125,8 @@ def _accepts(kind, value):
     if kind is bool:
         return isinstance(value, bool), value
     if kind is int:
-        return (_number(value) and math.isfinite(value) and value == int(value)), (int(value) if _number(value)
-                                                                                   and math.isfinite(value) else value)
+        ok = _number(value) and math.isfinite(value) and value == int(value)
+        return ok, int(value) if ok else value
     if kind is float:
         return _number(value) and math.isfinite(value), value
     return isinstance(value, kind), value
@@ -120,7 +141,7 @@ def check(model: str, key: str, value, kind, default):
     if not ok and kind is int and _number(value):
         raise ConfigError(where, f"'{key}' must be a whole number", value)
     if not ok:
-        wanted = {int: "a whole number", float: "a number", bool: "true or false"}.get(kind, type_name(kind))
+        wanted = describe(kind) if kind in (int, float, bool) else type_name(kind)
         raise ConfigError(where, f"'{key}' is {wanted} (default {default!r})", value)
     if key in AT_LEAST_ONE and converted < 1:
         raise ConfigError(where, "must be at least 1", value)

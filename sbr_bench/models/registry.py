@@ -104,7 +104,8 @@ def register_model(name: str, spec: ModelSpec | BaselineSpec | None = None, *, r
         raise ValueError(f"model name {name!r} is already registered ({_source_of(name)})")
 
     def add(made):
-        made.source = made.source or _caller_module()
+        made.source = made.source or getattr(made.encoder if isinstance(made, ModelSpec) else made.build,
+                                             "__module__", "")
         _typed(name, made)
         _REGISTERED[name] = made
         if _SPECS is not None:
@@ -118,28 +119,15 @@ def register_model(name: str, spec: ModelSpec | BaselineSpec | None = None, *, r
         from .base import DotScorer
 
         if getattr(cls, "trainable", True) is False:
-            add(BaselineSpec(build=cls, defaults=_given(defaults), doc=doc, source=cls.__module__))
+            add(BaselineSpec(build=cls, defaults=defaults or {}, doc=doc))
         else:
             if readout is None:
                 raise ValueError(f"register_model({name!r}): an encoder needs `readout=` (a factory taking cfg)")
             add(ModelSpec(encoder=cls, readout=readout, scorer=scorer or (lambda cfg: DotScorer()),
-                          defaults=_given(defaults), readout_params=tuple(readout_params), doc=doc,
-                          source=cls.__module__))
+                          defaults=defaults or {}, readout_params=tuple(readout_params), doc=doc))
         return cls
 
     return decorate
-
-
-def _given(defaults):
-    """A config dataclass instance as given, else a dict (typed by `_typed` on registration)."""
-    import dataclasses
-
-    return defaults if dataclasses.is_dataclass(defaults) else dict(defaults or {})
-
-
-def _caller_module() -> str:
-    frame = sys._getframe(3)  # register_model's caller (add <- register_model <- caller)
-    return frame.f_globals.get("__name__", "")
 
 
 def _source_of(name: str) -> str:
@@ -155,7 +143,7 @@ def specs() -> dict:
         for mod_name in MODEL_MODULES:
             for name, spec in importlib.import_module(mod_name).SPECS.items():
                 spec.source = spec.source or mod_name
-                found[name] = _typed(name, spec)
+                found[name] = spec
         _SPECS = found
         _load_plugins()
         for name, spec in _REGISTERED.items():
@@ -166,7 +154,8 @@ def specs() -> dict:
 
 
 def _typed(name: str, spec):
-    """A spec whose `defaults` is a config dataclass: plain dict defaults get types from their values."""
+    """A spec whose `defaults` is a config dataclass: plain dict defaults get types from their values (on
+    registration, and for specs put into the registry by hand, on first use)."""
     if isinstance(spec.defaults, dict):
         base = config.TrainConfig if isinstance(spec, ModelSpec) else None
         spec.defaults = config.from_dict(name.replace("-", "_"), spec.defaults, base) if spec.defaults or base \
