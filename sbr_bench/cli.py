@@ -9,7 +9,7 @@ import sys
 
 from .errors import ConfigError, UserError
 
-COMMANDS = ["run", "reproduce", "datasets", "models", "dissect", "sweep", "report"]
+COMMANDS = ["run", "tune", "reproduce", "datasets", "models", "dissect", "sweep", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,9 @@ OPTIONS = {
     "dataset.protocol": "--protocol", "dataset.valid_fraction": "--valid-fraction",
     "dataset.params": "--protocol-param", "paper": "--paper", "address": "--address", "resume": "--resume",
     "raw": "--raw", "paths": "--paths", "session_col": "--session-col", "item_col": "--item-col",
-    "time_col": "--time-col",
+    "time_col": "--time-col", "tune.budget": "--budget", "tune.budget_hours": "--budget-hours",
+    "tune.sampler": "--sampler", "tune.pruner": "--pruner", "tune.storage": "--storage",
+    "tune.study_seed": "--study-seed", "tune.patience": "--patience",
 }
 
 

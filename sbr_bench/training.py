@@ -267,7 +267,8 @@ def _fit_baseline(model, dataset, run: Run, device, evaluate_test: bool = True, 
     fit_s = time.perf_counter() - start
     valid = evaluate_split(model, dataset.valid, dataset.n_items, device)
     if not evaluate_test:  # --profile
-        return {"status": "fitted", "timing": {"fit_s": fit_s, "eval_median_s": float(valid.seconds)}}
+        return {"status": "fitted", "valid": valid.metrics,
+                "timing": {"fit_s": fit_s, "eval_median_s": float(valid.seconds)}}
     if selection != "valid":
         start = time.perf_counter()
         model.fit(dataset.train_and_valid())

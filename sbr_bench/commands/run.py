@@ -90,7 +90,11 @@ def experiment_of(args):
     """The `Experiment` of the options: the --config file (if any), then every option given."""
     from ..experiment import Experiment
 
-    base = Experiment.from_toml(args.config) if args.config else Experiment()
+    return apply_options(Experiment.from_toml(args.config) if args.config else Experiment(), args)
+
+
+def apply_options(base, args):
+    """`base` (an `Experiment`) with the experiment options given on the command line (run and tune)."""
     changes = {"dataset": data_config(args, base.dataset)}
     if args.models is not None:
         if not args.models.replace(",", "").strip():

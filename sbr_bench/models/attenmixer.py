@@ -93,6 +93,7 @@ from ..errors import ConfigError
 from .base import EmbeddingEncoder, Encoded, Readout
 from .config import TrainConfig, as_dict
 from .registry import ModelSpec
+from . import space
 from .scoring import normalised_scores
 
 LEVEL_AGGS = ("sum", "mean", "deepsets_mlp", "concat")
@@ -371,6 +372,13 @@ def build_scorer(cfg: dict) -> nn.Module:
     cls = ItemNormScorer if cfg["scorer"] == "paper" else CosineScorer
     return cls(sigma=float(cfg["sigma"]), item_dropout=float(cfg["item_dropout"]))
 
+# The paper's grid (§5.1): L in 1..10, H in {1, 2, ..., 32}, lr in 5e-4..2e-2; it fixes p = 4 and σ = 12,
+# searched here around those values. d: the paper's 256, and 64/128 for smaller data (all split into 32 heads).
+SPACE = {"dim": space.Choice((64, 128, 256)), "lr": space.Float(5e-4, 2e-2, log=True), "l2": space.L2,
+         "levels": space.Int(1, 10), "heads": space.Choice((1, 2, 4, 8, 16, 32)), "lp_norm": space.Float(1.0, 8.0),
+         "sigma": space.Float(4.0, 24.0)}
+
+
 
 def _spec(doc: str, **overrides) -> ModelSpec:
     return ModelSpec(
@@ -381,6 +389,7 @@ def _spec(doc: str, **overrides) -> ModelSpec:
         # ENCODER+attenmixer: L2-normalise and drop out (0.1) item embeddings before the encoder, as the
         # paper's Figure 4 and its GNN w/ Atten-Mixer code do; input_norm="none" is the earlier behaviour.
         composed_input=dict(input_norm="l2", input_dropout=0.1),
+        space={k: v for k, v in SPACE.items() if k not in overrides},  # an ablation keeps what defines it
     )
 
 

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ..data.sessions import Split
 from .registry import BaselineSpec
+from . import space
 
 
 def training_clicks(train: Split, n_items: int) -> np.ndarray:
@@ -230,6 +231,8 @@ SPECS = {
     "sknn": BaselineSpec(
         build=lambda n_items, cfg: SessionKNN(n_items, cfg["k"], cfg["sample_size"]),
         defaults=SKNNConfig(),
+        # session-rec's tuning ranges for neighbours and candidate sessions (Ludewig et al. 2021).
+        space={"k": space.Choice((50, 100, 200, 500, 1000)), "sample_size": space.Choice((500, 1000, 2500, 5000, 10000))},
         doc="session kNN (session-rec ContextKNN): cosine on item sets, 500 most recent candidates, top 100",
     ),
 }

@@ -64,6 +64,7 @@ from ..errors import ConfigError
 from .base import DotScorer, Encoded, Encoder, Readout
 from .config import TrainConfig
 from .registry import ModelSpec
+from . import space
 
 LAYER_POOLS = ("mean", "sum")
 HYPEREDGES = ("sessions", "prefixes")
@@ -318,6 +319,9 @@ SPECS = {
         scorer=lambda cfg: DotScorer(),
         defaults=DHCNConfig(),
         readout_params=("max_len", "beta_ssl", "ssl_reduction"),
+        # DHCN §5 varies the number of layers (1-5) and the self-supervision weight β (0.001-0.1 around 0.01).
+        space={"dim": space.dims(100), "lr": space.LR, "l2": space.L2, "layers": space.Int(1, 5),
+               "beta_ssl": space.Float(1e-3, 1e-1, log=True)},
         doc="DHCN (AAAI 2021): weight-free hypergraph convolution over the training item hypergraph, "
             "position-aware soft attention, line-graph self-supervision in training",
     ),

@@ -62,6 +62,7 @@ from ..nn.sgat_conv import SGATConv
 from .base import DotScorer, Encoded, Encoder, Readout
 from .config import TrainConfig
 from .registry import ModelSpec
+from . import space
 
 
 def renormalised_table(weight: Tensor, max_norm: float) -> Tensor:
@@ -185,6 +186,9 @@ SPECS = {
         scorer=lambda cfg: DotScorer(),
         defaults=LESSRConfig(),
         readout_params=("num_layers", "feat_drop"),
+        # LESSR §5 varies the number of layers; dropout and weight decay around the official code's.
+        space={"dim": space.dims(64), "lr": space.LR, "l2": space.L2, "num_layers": space.Int(1, 5),
+               "feat_drop": space.Float(0.0, 0.5)},
         init=_default_init_within_max_norm,
         doc="LESSR (KDD 2020): EOPA + SGAT layers (DenseNet concat), attention readout over nodes, "
             "dot scores against the max-norm-1 item table",

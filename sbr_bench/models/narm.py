@@ -41,6 +41,7 @@ from torch_geometric.utils import scatter, softmax
 from .base import DotScorer, Encoded, Encoder, Readout, gru_update
 from .config import TrainConfig
 from .registry import ModelSpec
+from . import space
 
 
 class NARMEncoder(Encoder):
@@ -141,6 +142,9 @@ SPECS = {
         scorer=lambda cfg: DotScorer(),
         defaults=NARMConfig(),
         readout_params=("ct_dropout", "attn_softmax"),
+        # The authors' code: dropout 0.25 and 0.5 around their values.
+        space={"dim": space.dims(100), "lr": space.LR, "l2": space.L2, "dropout": space.Float(0.0, 0.5),
+               "ct_dropout": space.Float(0.0, 0.7)},
         init=init_like_authors,
         doc="NARM: GRU encoder, last state + attention over states, bilinear decoder (dot scores)",
     ),

@@ -62,6 +62,7 @@ class ModelSpec:
     composed_input: dict = field(default_factory=dict)
     ablation: bool = False  # a variant of another model (paper Table 4): named explicitly, not in "all"
     source: str = ""  # where the model and its defaults are defined (set on registration)
+    space: dict = field(default_factory=dict)  # what `sbr-bench tune` searches (`models.space`)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class BaselineSpec:
     doc: str = ""
     ablation: bool = False
     source: str = ""
+    space: dict = field(default_factory=dict)
 
 
 _SPECS: dict | None = None
@@ -80,7 +82,7 @@ _REGISTERED: dict = {}  # register_model calls, kept apart so that they survive 
 
 
 def register_model(name: str, spec: ModelSpec | BaselineSpec | None = None, *, readout=None, scorer=None,
-                   defaults: dict | None = None, readout_params: tuple = (), doc: str = ""):
+                   defaults: dict | None = None, readout_params: tuple = (), doc: str = "", space: dict | None = None):
     """Register a model under `name`, for `--models`, `models list`, compositions and reports.
 
     Called with a spec: `register_model("mine", ModelSpec(encoder=..., readout=..., scorer=...))`. As a
@@ -93,6 +95,7 @@ def register_model(name: str, spec: ModelSpec | BaselineSpec | None = None, *, r
         defaults: the model's parameters: a config dataclass (`models.config`; a neural model's extends
             `TrainConfig`), or a dict of defaults whose types are taken from the values.
         doc: one line for `models list`.
+        space: what `sbr-bench tune` searches, {parameter: `models.space.Float`, `Int` or `Choice`}.
     Returns:
         The spec (direct call) or the decorated class, unchanged.
     Raises:
@@ -119,12 +122,13 @@ def register_model(name: str, spec: ModelSpec | BaselineSpec | None = None, *, r
         from .base import DotScorer
 
         if getattr(cls, "trainable", True) is False:
-            add(BaselineSpec(build=cls, defaults=defaults or {}, doc=doc))
+            add(BaselineSpec(build=cls, defaults=defaults or {}, doc=doc, space=dict(space or {})))
         else:
             if readout is None:
                 raise ValueError(f"register_model({name!r}): an encoder needs `readout=` (a factory taking cfg)")
             add(ModelSpec(encoder=cls, readout=readout, scorer=scorer or (lambda cfg: DotScorer()),
-                          defaults=defaults or {}, readout_params=tuple(readout_params), doc=doc))
+                          defaults=defaults or {}, readout_params=tuple(readout_params), doc=doc,
+                          space=dict(space or {})))
         return cls
 
     return decorate
@@ -221,8 +225,11 @@ def spec_for(name: str):
             parts += [(config.from_dict("Input", dict(ro.composed_input, **enc.composed_input)), None)]
         defaults = config.compose(f"{enc_name}_{ro_name}_Config", f"{type(enc.defaults).__name__} with the readout "
                                   f"parameters of {type(ro.defaults).__name__}", *parts)
+        space = {k: v for k, v in enc.space.items() if k not in enc.readout_params}
+        space.update({k: v for k, v in ro.space.items() if k in ro.readout_params})
         return ModelSpec(enc.encoder, ro.readout, ro.scorer, defaults, ro.readout_params, enc.init,
-                         doc=f"{enc_name} encoder with the {ro_name} readout", source=f"{enc.source} + {ro.source}")
+                         doc=f"{enc_name} encoder with the {ro_name} readout", source=f"{enc.source} + {ro.source}",
+                         space=space)
     if name not in known:
         raise ConfigError("models", f"unknown model '{name}'; known: {', '.join(sorted(known))}, "
                           "or ENCODER+READOUT (e.g. srgnn+attenmixer)")
@@ -246,6 +253,14 @@ def parameters(name: str) -> list[tuple[str, str, object]]:
     """(key, type name, default) of every parameter of model `name`, in declaration order."""
     return [(key, config.type_name(kind), default) for key, (kind, default) in
             config.fields(spec_for(name).defaults).items()]
+
+
+def search_space(name: str) -> dict:
+    """The checked search space of model `name` ({} for a model without one: it is tuned by nothing)."""
+    from .space import check_space
+
+    spec = spec_for(name)
+    return check_space(name, spec.space, spec.defaults)
 
 
 def build_model(name: str, n_items: int, overrides: dict | None = None):

@@ -53,6 +53,7 @@ from ..errors import ConfigError, UserError
 from .base import CosineScorer, Encoded, Encoder, Readout
 from .config import TrainConfig
 from .registry import ModelSpec
+from . import space
 from .scoring import normalised_scores
 from ..nn.gated_session_conv import GatedSessionConv
 
@@ -204,6 +205,9 @@ SPECS = {
         scorer=make_scorer,
         defaults=SGNNHNConfig(),
         readout_params=("max_positions", "forward_positions_compat", "scorer", "sigma"),
+        # SGNN-HN §5 varies the number of GNN layers; τ = 12 around the paper's value.
+        space={"dim": space.dims(256), "lr": space.LR, "l2": space.L2, "step": space.Int(1, 4),
+               "sigma": space.Float(4.0, 24.0)},
         doc="SGNN-HN: star graph + highway network, star-aware soft attention, layer-normalised scores × τ",
         composed_input=dict(input_norm="layernorm", input_dropout=0.0),  # SGNN-HN-AM's LayerNorm on embeddings
     ),

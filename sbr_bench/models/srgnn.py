@@ -43,6 +43,7 @@ from ..nn.gated_session_conv import GatedSessionConv
 from .base import DotScorer, Encoded, Encoder, Readout
 from .config import TrainConfig
 from .registry import ModelSpec
+from . import space
 
 
 class SRGNNEncoder(Encoder):
@@ -124,6 +125,8 @@ SPECS = {
         scorer=lambda cfg: DotScorer(),
         defaults=SRGNNConfig(),
         readout_params=("nonhybrid",),
+        # The paper's d, lr and l2 around their values (its §4.3 varies them); propagation steps 1-3.
+        space={"dim": space.dims(100), "lr": space.LR, "l2": space.L2, "step": space.Int(1, 3)},
         doc="SR-GNN: gated GNN over the session graph, unnormalised soft-attention readout, dot scores",
     ),
 }

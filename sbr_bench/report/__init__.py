@@ -10,6 +10,7 @@ from ..io import read_json, write_text
 from ..runs import SELECTIONS, selection_caption, selection_of
 from . import figures, tables
 from .records import load_runs
+from .tuning import tuning_sections
 
 
 def _write_table(out: Path, name: str, tidy: pd.DataFrame, shown: pd.DataFrame, caption: str,
@@ -53,6 +54,8 @@ def build_report(runs_dir="runs", out_dir="reports/latest") -> Path:
         t4 = tables.table4(chosen, mode)
         parts.append(_write_table(out, "table4_ablations" + suffix, t4, tables.wide(t4),
                                   f"Table 4{label}: Atten-Mixer ablations", tables.wide(t4, latex=True)))
+
+    parts += tuning_sections(runs_dir, out)
 
     made = [
         ("Figure 3", figures.figure3_density(records, out)),
