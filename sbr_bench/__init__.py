@@ -6,6 +6,8 @@ The library first, the CLI (`sbr-bench`) a thin layer on top:
   `Experiment.from_toml(path)` reads an experiment file (every run writes its own, `experiment.toml`).
 - `load_dataset(name, ...)`, `build_model(name, n_items, **overrides)`, `train(model, dataset, ...)`,
   `Evaluator(n_items)`: the pieces, usable on their own.
+- `Tuning(experiment, budget=N).run() -> TuneResults`: every model tuned with Optuna under the same
+  budget on validation only, then its best and default configurations trained over the seeds.
 - `register_model`: add a model (or declare it in the `sbr_bench.models` entry-point group of a package).
 """
 
@@ -14,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Experiment", "DataConfig", "Results", "resume", "load_dataset", "build_model", "train", "Evaluator",
     "register_model", "ModelSpec", "BaselineSpec", "list_models", "ConfigError", "DataFormatError", "UserError",
+    "Tuning", "TuneResults", "resume_tuning",
 ]
 
 
@@ -25,7 +28,7 @@ def __getattr__(name):
              "load_dataset": "data.dataset", "train": "training", "Evaluator": "evaluate",
              "register_model": "models.registry", "ModelSpec": "models.registry", "BaselineSpec": "models.registry",
              "list_models": "models.registry", "ConfigError": "errors", "DataFormatError": "errors",
-             "UserError": "errors"}
+             "UserError": "errors", "Tuning": "tuning", "TuneResults": "tuning", "resume_tuning": "tuning"}
     if name not in homes:
         raise AttributeError(f"module 'sbr_bench' has no attribute {name!r}")
     return getattr(importlib.import_module(f"sbr_bench.{homes[name]}"), name)

@@ -9,7 +9,7 @@ A tune folder `runs/<id>/` holds:
     tune.toml        the tuning as given (`sbr-bench tune --config` of it tunes again)
     tune.json        what was resolved: models, their base cfg and search spaces, budget, sampler, pruner
     study.db         the Optuna studies, one per model (SQLite; `storage` names any SQLAlchemy database)
-    trials/<model>/<trial>/epochs.jsonl   each trial's validation curve
+    trials/<model>/<trial>/               each trial's result.json and validation curve (epochs.jsonl)
     tuned/, defaults/                     run folders: best and default configurations over the seeds
     tuning.json      per model: trials, best validation MRR@20, best parameters (rewritten after each trial)
 
@@ -26,6 +26,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .callbacks import Callback
 from .errors import ConfigError, UserError
 from .experiment import Experiment, toml_text
 from .models.config import validate
@@ -148,6 +149,8 @@ class Tuning:
         if engine == "ray" and self.pruner != "none":
             raise ConfigError("tune.pruner", "pruning runs with the local engine (Ray Tune's trials report "
                               "once, at their end)", self.pruner)
+        if self.storage:
+            make_storage(optuna, self.storage)  # a bad URL is an error before the tune folder exists
         folder, record = self._create(command)
         try:
             return _go(folder, record, self.storage, optuna, progress, engine, engine_options, train)
@@ -377,6 +380,7 @@ def run_trial(folder: str, model: str, key: str, params: dict, device: str = "au
     import torch
 
     from .engines import cached_dataset
+    from .io import write_json
     from .models.registry import build_model
     from .runs import Run
     from .training import resolve_device, seed_everything, train_model
@@ -399,8 +403,11 @@ def run_trial(folder: str, model: str, key: str, params: dict, device: str = "au
     finally:
         run.checkpoint_path.unlink(missing_ok=True)  # the curve stays in epochs.jsonl; weights are not kept
     valid = summary.get("best_valid") or summary.get("valid") or {}
-    return {"value": float(valid.get(OBJECTIVE, math.nan)), "valid": valid, "best_epoch": summary.get("best_epoch"),
-            "epochs_trained": len(summary.get("history", [])), "seconds": time.perf_counter() - start}
+    result = {"value": float(valid.get(OBJECTIVE, math.nan)), "valid": valid, "params": params,
+              "best_epoch": summary.get("best_epoch"), "epochs_trained": len(summary.get("history", [])),
+              "seconds": time.perf_counter() - start}
+    write_json(run.path / "result.json", result)
+    return result
 
 
 def summary_text(summary: dict) -> str:
@@ -484,8 +491,9 @@ def _go(folder: TuneFolder, record: dict, storage, optuna, progress, engine, eng
         again = close_interrupted(optuna, study, retry=True)
         if again:
             print(f"[tune {model}] trial(s) {', '.join(map(str, again))} were interrupted: run again", flush=True)
-        if not study.get_trials(deepcopy=False):  # the first trial is the model's own configuration
-            study.enqueue_trial({k: record["cfg"][model][k] for k in space}, user_attrs={"defaults": True})
+        if not study.get_trials(deepcopy=False):  # the first trial: the model's own values (those in the space)
+            defaults = {k: record["cfg"][model][k] for k, dist in space.items() if dist.contains(record["cfg"][model][k])}
+            study.enqueue_trial(defaults, user_attrs={"defaults": True})
         if engine == "ray":
             from .tuning_ray import tune_ray
 
@@ -499,18 +507,21 @@ def _go(folder: TuneFolder, record: dict, storage, optuna, progress, engine, eng
     return TuneResults(folder.path)
 
 
+class Pruning(Callback):
+    """A training callback reporting each epoch's validation MRR@20 to an Optuna trial, and stopping the
+    trial (optuna.TrialPruned) when its pruner says so."""
+
+    def __init__(self, trial, optuna):
+        self.trial, self.optuna = trial, optuna
+
+    def on_epoch_end(self, trainer, row) -> None:
+        self.trial.report(row["valid"][OBJECTIVE], row["epoch"])
+        if self.trial.should_prune():
+            raise self.optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+
+
 def _tune_local(folder: TuneFolder, model: str, study, space: dict, record: dict, optuna) -> None:
-    from .callbacks import Callback
     from .training import TrainingFailed
-
-    class Pruning(Callback):
-        def __init__(self, trial):
-            self.trial = trial
-
-        def on_epoch_end(self, trainer, row):
-            self.trial.report(row["valid"][OBJECTIVE], row["epoch"])
-            if self.trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
     while True:
         trials, seconds = remaining(study, record)
@@ -518,11 +529,18 @@ def _tune_local(folder: TuneFolder, model: str, study, space: dict, record: dict
             return
         trial = study.ask()
         params = {key: dist.suggest(trial, key) for key, dist in space.items()}
-        trial.set_user_attr("folder", str(folder.trial_path(model, trial.number).relative_to(folder.path)))
         label = f"[tune {model} trial {trial.number}]"
+        same = next((t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                     if t.params == params), None)
+        if same is not None:  # trials train with one seed: the same parameters give the same value
+            trial.set_user_attr("same_as", same.number)
+            study.tell(trial, same.value)
+            print(f"{label} the parameters of trial {same.number} again: its value, without training", flush=True)
+            continue
+        trial.set_user_attr("folder", str(folder.trial_path(model, trial.number).relative_to(folder.path)))
         try:
             result = run_trial(str(folder.path), model, str(trial.number), params, record["device"],
-                               callbacks=[Pruning(trial)] if record["pruner"]["name"] != "none" else [])
+                               callbacks=[Pruning(trial, optuna)] if record["pruner"]["name"] != "none" else [])
         except optuna.TrialPruned as e:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             print(f"{label} {e}", flush=True)
@@ -570,7 +588,8 @@ def _write_summary(folder: TuneFolder, record: dict, optuna, url: str) -> dict:
             "best_params": dict(best.params) if best else {},
             "defaults_value": next((t.value for t in complete if t.user_attrs.get("defaults")), None),
             "history": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                         **{k: t.user_attrs[k] for k in ("defaults", "retry_of", "failed") if k in t.user_attrs}}
+                         **{k: t.user_attrs[k] for k in ("defaults", "retry_of", "same_as", "failed")
+                            if k in t.user_attrs}}
                         for t in done],
         }
     summary = {"tune_id": folder.run_id, "budget": record["budget"], "budget_hours": record["budget_hours"],

@@ -64,7 +64,8 @@ def tune_ray(folder, model: str, space: dict, record: dict, url: str, optuna, ad
                                  threads=max(1, int(cpus_per_trial))),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=-1 if trials is None else trials, time_budget_s=seconds),
+            search_alg=searcher, num_samples=-1 if trials is None else trials, time_budget_s=seconds,
+            reuse_actors=True),
             run_config=tune.RunConfig(name=model, storage_path=str((folder.path / "ray").resolve()), verbose=0))
         for result in tuner.fit():
             outcome = (f"failed: {type(result.error).__name__}" if result.error else

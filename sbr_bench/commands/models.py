@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from ..errors import UserError
-    from ..models.registry import TRAIN_DEFAULTS, parameters, spec_for, specs
+    from ..models.registry import TRAIN_DEFAULTS, parameters, search_space, spec_for, specs
 
     if args.action == "list":
         if args.name:
@@ -35,4 +35,9 @@ def main(args) -> int:
     for key, kind, default in parameters(args.name):
         origin = "shared training default" if key in shared and shared[key] == default else "model"
         print(f"  {key:28s} {default!r:>12}  {kind:10s} {origin}")
+    space = search_space(args.name)
+    print(f"search space of `sbr-bench tune` ({spec.source}):" if space else
+          "search space: none (`sbr-bench tune` trains its defaults)")
+    for key, dist in space.items():
+        print(f"  {key:28s} {dist.describe()}")
     return 0

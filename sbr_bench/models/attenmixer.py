@@ -372,7 +372,7 @@ def build_scorer(cfg: dict) -> nn.Module:
     cls = ItemNormScorer if cfg["scorer"] == "paper" else CosineScorer
     return cls(sigma=float(cfg["sigma"]), item_dropout=float(cfg["item_dropout"]))
 
-# The paper's grid (§5.1): L in 1..10, H in {1, 2, ..., 32}, lr in 5e-4..2e-2; it fixes p = 4 and σ = 12,
+# The paper's grid (its experimental setup): L in 1..10, H in {1, 2, ..., 32}, lr in 5e-4..2e-2; it fixes p = 4 and σ = 12,
 # searched here around those values. d: the paper's 256, and 64/128 for smaller data (all split into 32 heads).
 SPACE = {"dim": space.Choice((64, 128, 256)), "lr": space.Float(5e-4, 2e-2, log=True), "l2": space.L2,
          "levels": space.Int(1, 10), "heads": space.Choice((1, 2, 4, 8, 16, 32)), "lp_norm": space.Float(1.0, 8.0),

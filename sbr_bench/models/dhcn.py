@@ -319,7 +319,7 @@ SPECS = {
         scorer=lambda cfg: DotScorer(),
         defaults=DHCNConfig(),
         readout_params=("max_len", "beta_ssl", "ssl_reduction"),
-        # DHCN §5 varies the number of layers (1-5) and the self-supervision weight β (0.001-0.1 around 0.01).
+        # DHCN's study varies the number of layers and the self-supervision weight β (here 0.001-0.1, around 0.01).
         space={"dim": space.dims(100), "lr": space.LR, "l2": space.L2, "layers": space.Int(1, 5),
                "beta_ssl": space.Float(1e-3, 1e-1, log=True)},
         doc="DHCN (AAAI 2021): weight-free hypergraph convolution over the training item hypergraph, "

@@ -164,7 +164,7 @@ SPECS = {
         scorer=lambda cfg: DotScorer(),
         defaults=GCSANConfig(),
         readout_params=("blocks", "heads", "omega", "ffn_dropout", "share_blocks_compat", "attn_unmasked_compat"),
-        # GC-SAN §5.4 varies the number of blocks (1-6) and the weight ω (0-1).
+        # GC-SAN's sensitivity study varies the number of blocks and the weight ω (0-1).
         space={"dim": space.dims(120), "lr": space.LR, "l2": space.L2, "step": space.Int(1, 3),
                "blocks": space.Int(1, 6), "omega": space.Float(0.0, 1.0)},
         doc="GC-SAN: SR-GNN gated GNN, k self-attention blocks, S_f = ω F_n + (1-ω) h_n, dot scores",

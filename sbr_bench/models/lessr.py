@@ -186,7 +186,7 @@ SPECS = {
         scorer=lambda cfg: DotScorer(),
         defaults=LESSRConfig(),
         readout_params=("num_layers", "feat_drop"),
-        # LESSR §5 varies the number of layers; dropout and weight decay around the official code's.
+        # LESSR's study varies the number of layers; dropout and weight decay around the official code's.
         space={"dim": space.dims(64), "lr": space.LR, "l2": space.L2, "num_layers": space.Int(1, 5),
                "feat_drop": space.Float(0.0, 0.5)},
         init=_default_init_within_max_norm,

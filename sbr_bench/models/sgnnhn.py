@@ -205,7 +205,7 @@ SPECS = {
         scorer=make_scorer,
         defaults=SGNNHNConfig(),
         readout_params=("max_positions", "forward_positions_compat", "scorer", "sigma"),
-        # SGNN-HN §5 varies the number of GNN layers; τ = 12 around the paper's value.
+        # SGNN-HN's study varies the number of GNN layers; τ around the paper's 12.
         space={"dim": space.dims(256), "lr": space.LR, "l2": space.L2, "step": space.Int(1, 4),
                "sigma": space.Float(4.0, 24.0)},
         doc="SGNN-HN: star graph + highway network, star-aware soft attention, layer-normalised scores × τ",

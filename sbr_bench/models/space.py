@@ -86,7 +86,10 @@ def check_space(model: str, space: dict, defaults) -> dict:
         if isinstance(dist, Choice):
             if not dist.values:
                 raise ConfigError(where, "a choice needs at least one value", [])
-            checked[key] = Choice(tuple(config.check(model, key, v, kind, default) for v in dist.values))
+            try:
+                checked[key] = Choice(tuple(config.check(model, key, v, kind, default) for v in dist.values))
+            except ConfigError as e:
+                raise ConfigError(where, e.message, e.value) from None
             continue
         if not isinstance(dist, (Int, Float)):
             raise ConfigError(where, "expected Float, Int or Choice", dist)
@@ -104,13 +107,16 @@ def check_space(model: str, space: dict, defaults) -> dict:
 
 
 def parse(model: str, table: dict) -> dict:
-    """A space from an experiment file's `[tune.space.MODEL]` table (checked later with `check_space`)."""
+    """A space from an experiment file's `[tune.space.MODEL]` table, whose values may also be ranges
+    already (checked later with `check_space`)."""
     if not isinstance(table, dict):
         raise ConfigError(f"tune.space.{model}", "expected a table of parameter = range or list", table)
     space = {}
     for key, value in table.items():
         where = f"tune.space.{model}.{key}"
-        if isinstance(value, list):
+        if isinstance(value, (Float, Int, Choice)):
+            space[key] = value
+        elif isinstance(value, list):
             space[key] = Choice(tuple(value))
         elif isinstance(value, dict) and {"low", "high"} <= set(value) and set(value) <= {"low", "high", "log"}:
             low, high, log = value["low"], value["high"], value.get("log", False)

@@ -125,7 +125,7 @@ SPECS = {
         scorer=lambda cfg: DotScorer(),
         defaults=SRGNNConfig(),
         readout_params=("nonhybrid",),
-        # The paper's d, lr and l2 around their values (its §4.3 varies them); propagation steps 1-3.
+        # Around the paper's d, lr and l2; propagation steps 1-3 (the official code's `--step`).
         space={"dim": space.dims(100), "lr": space.LR, "l2": space.L2, "step": space.Int(1, 3)},
         doc="SR-GNN: gated GNN over the session graph, unnormalised soft-attention readout, dot scores",
     ),
