@@ -11,7 +11,7 @@ A tune folder `runs/<id>/` holds:
     study.db         the Optuna studies, one per model (SQLite; `storage` names any SQLAlchemy database)
     trials/<model>/<trial>/               each trial's result.json and validation curve (epochs.jsonl)
     tuned/, defaults/                     run folders: best and default configurations over the seeds
-    tuning.json      per model: trials, best validation MRR@20, best parameters (rewritten after each trial)
+    tuning.json      per model: trials, best validation MRR@20, best parameters (rewritten after each model)
 
 Resuming (`resume_tuning`) marks the trials the killed process left running as failed ("interrupted"),
 runs each again with the same parameters, and counts it once.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -360,7 +361,8 @@ def close_interrupted(optuna, study, retry: bool) -> list[int]:
         optuna.trial.Trial(study, trial._trial_id).set_user_attr("interrupted", True)
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         if retry:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **(
+                {"defaults": True} if trial.user_attrs.get("defaults") else {})})
         numbers.append(trial.number)
     return numbers
 
@@ -479,9 +481,21 @@ def resume_tuning(ref, runs_dir="runs", storage: str | None = None, progress: bo
 # --- the steps --------------------------------------------------------------------------------------
 
 def _go(folder: TuneFolder, record: dict, storage, optuna, progress, engine, engine_options, train) -> TuneResults:
+    url = folder.storage_url(record, storage)
+    try:
+        _tune_models(folder, record, url, optuna, engine, engine_options)
+        summary = _write_summary(folder, record, optuna, url)
+        if train:
+            _train_final(folder, record, summary, progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with `sbr-bench tune --resume {folder.path}`", file=sys.stderr)
+        raise
+    return TuneResults(folder.path)
+
+
+def _tune_models(folder: TuneFolder, record: dict, url: str, optuna, engine: str, engine_options: dict) -> None:
     from .models.space import parse
 
-    url = folder.storage_url(record, storage)
     for model in record["models"]:
         space = parse(model, record["spaces"][model])
         if not space:
@@ -501,10 +515,7 @@ def _go(folder: TuneFolder, record: dict, storage, optuna, progress, engine, eng
             close_interrupted(optuna, study, retry=False)  # trials Ray stopped at the time budget
         else:
             _tune_local(folder, model, study, space, record, optuna)
-    summary = _write_summary(folder, record, optuna, url)
-    if train:
-        _train_final(folder, record, summary, progress)
-    return TuneResults(folder.path)
+        _write_summary(folder, record, optuna, url)
 
 
 class Pruning(Callback):

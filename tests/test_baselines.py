@@ -80,13 +80,15 @@ def test_spop_counts_come_from_the_prefix_only():
 
 # --- sknn --------------------------------------------------------------------------------------------------
 
-def sknn_reference(train_seqs, end_times, prefix, k, sample_size):
-    """Brute-force ContextKNN: candidates share an item; most recent `sample_size`; cosine; top k."""
+def sknn_reference(train_seqs, end_times, prefix, k, sample_size, similarity="cosine"):
+    """Brute-force ContextKNN: candidates share an item; most recent `sample_size`; cosine or jaccard; top k."""
     sets, p = [set(s) for s in train_seqs], set(prefix)
     cand = [j for j, s in enumerate(sets) if s & p]
     if sample_size and len(cand) > sample_size:
         cand = sorted(cand, key=lambda j: end_times[j], reverse=True)[:sample_size]
-    sims = [(len(sets[j] & p) / math.sqrt(len(sets[j]) * len(p)), end_times[j], j) for j in cand]
+    measure = {"cosine": lambda a, b: len(a & b) / math.sqrt(len(a) * len(b)),
+               "jaccard": lambda a, b: len(a & b) / len(a | b)}[similarity]
+    sims = [(measure(sets[j], p), end_times[j], j) for j in cand]
     sims.sort(key=lambda t: (-t[0], -t[1]))
     scores = defaultdict(float)
     for sim, _, j in sims[:k]:
@@ -95,20 +97,21 @@ def sknn_reference(train_seqs, end_times, prefix, k, sample_size):
     return scores, {j for _, _, j in sims[:k]}
 
 
-@pytest.mark.parametrize("k,sample_size", [(5, 20), (3, 0), (100, 500)])
-def test_sknn_matches_brute_force(tiny, k, sample_size):
+@pytest.mark.parametrize("k,sample_size,similarity", [(5, 20, "cosine"), (3, 0, "cosine"), (100, 500, "cosine"),
+                                                     (5, 20, "jaccard")])
+def test_sknn_matches_brute_force(tiny, k, sample_size, similarity):
     train = tiny.train.sessions
     # Shuffled end times: recency must come from the times, not the storage order.
     times = np.random.default_rng(1).permutation(len(train)).astype(np.float64)
     train = Sessions(train.items, train.offsets, times)
-    model = SessionKNN(tiny.n_items, k=k, sample_size=sample_size).fit(Split.all_prefixes(train))
+    model = SessionKNN(tiny.n_items, k=k, sample_size=sample_size, similarity=similarity).fit(Split.all_prefixes(train))
     index = np.arange(0, len(tiny.test), max(1, len(tiny.test) // 80))
     batch = batch_of(tiny.test, tiny.n_items, index)
     scores = model(batch).numpy()
     rows, ranks, _ = model.neighbours(batch)
     seqs = train.to_lists()
     for row, i in enumerate(index):
-        ref, ref_neigh = sknn_reference(seqs, times, tiny.test.prefix(i).tolist(), k, sample_size)
+        ref, ref_neigh = sknn_reference(seqs, times, tiny.test.prefix(i).tolist(), k, sample_size, similarity)
         expected = np.zeros(tiny.n_items)
         for item, value in ref.items():
             expected[item - 1] = value

@@ -288,3 +288,19 @@ def test_ray_tune_finds_the_local_engines_best_configuration(ray_instance, tmp_p
     assert [t["params"] for t in ray["history"]] == [t["params"] for t in local["history"]]
     assert ray["best_params"] == local["best_params"] and ray["best_value"] == local["best_value"]
     assert ray["trials"] == 4 and any(p.name.startswith("ray-") for p in (tmp_path / "runs" / "ray" / "trials" / "sknn").iterdir())
+
+
+def test_the_caption_warns_when_budgets_differ():
+    from sbr_bench.report.tuning import _caption
+
+    record = {"budget": 4, "budget_hours": None, "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 10},
+              "pruner": {"name": "none"}, "objective": "valid MRR@20", "dataset": {"valid_fraction": 0.1},
+              "trial_seed": 0, "seeds": [0], "selection": "refit",
+              "cfg": {"srgnn": {"epochs": 2, "patience": 3}, "narm": {"epochs": 2, "patience": 5}, "sknn": {"k": 100}}}
+    summary = {"models": {"srgnn": {"tuned": True, "trials": 4}, "narm": {"tuned": True, "trials": 3},
+                          "sknn": {"tuned": True, "trials": 4}}}
+    text = " ".join(_caption(record, summary))
+    assert "**Budgets differ**" in text and "srgnn 4, narm 3, sknn 4" in text and "patience differ: srgnn 3, narm 5" in text
+    summary["models"]["narm"]["trials"] = 4
+    record["cfg"]["narm"]["patience"] = 3
+    assert "Budgets differ" not in " ".join(_caption(record, summary))

@@ -13,7 +13,8 @@ Behaviour follows session-rec (rn5l/session-rec, `algorithms/baselines/pop.py`, 
 - `sknn` (Jannach & Ludewig 2017, session-rec ContextKNN with sampling='recent', remind=False,
   pop_boost=0, extend=False): candidate neighbours = training sessions sharing an item with the prefix;
   if more than `sample_size` (default 500), keep the most recent ones (by session end time); similarity =
-  cosine of binary item sets |P ∩ S| / sqrt(|P| |S|); keep the top `k` (default 100) by similarity (ties:
+  cosine of binary item sets |P ∩ S| / sqrt(|P| |S|) (or, with `similarity="jaccard"`, session-rec's
+  `jaccard` |P ∩ S| / |P ∪ S|); keep the top `k` (default 100) by similarity (ties:
   the more recent session first — session-rec leaves them to set iteration order);
   score(i) = Σ over those neighbours containing i of their similarity.
   session-rec's `cosine` computes `li / sqrt(la) * sqrt(lb)` (precedence slip: li·sqrt(|P|)/sqrt(|S|));
@@ -130,11 +131,15 @@ def _keep_last_per_row(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
 class SessionKNN(CountingBaseline):
     """Session-based kNN over a sparse session x item matrix (see module docstring)."""
 
-    def __init__(self, n_items: int, k: int = 100, sample_size: int = 500):
+    SIMILARITIES = ("cosine", "jaccard")
+
+    def __init__(self, n_items: int, k: int = 100, sample_size: int = 500, similarity: str = "cosine"):
         super().__init__(n_items)
         if k < 1 or sample_size < 0:
             raise ValueError(f"sknn needs k >= 1 and sample_size >= 0 (0 = all), got k={k}, sample_size={sample_size}")
-        self.k, self.sample_size = int(k), int(sample_size)
+        if similarity not in self.SIMILARITIES:
+            raise ValueError(f"sknn similarity {similarity!r}: choose one of {', '.join(self.SIMILARITIES)}")
+        self.k, self.sample_size, self.similarity = int(k), int(sample_size), similarity
 
     def fit(self, train: Split) -> "SessionKNN":
         sessions = train.sessions
@@ -187,7 +192,10 @@ class SessionKNN(CountingBaseline):
         row = np.repeat(np.arange(batch.num_graphs, dtype=np.int64), per_row)
         sess, overlap = candidates.indices.astype(np.int64), candidates.data
         prefix_size = np.diff(q.indptr).astype(np.float64)
-        sim = overlap / np.sqrt(prefix_size[row] * self.session_size[sess])
+        if self.similarity == "jaccard":
+            sim = overlap / (prefix_size[row] + self.session_size[sess] - overlap)
+        else:
+            sim = overlap / np.sqrt(prefix_size[row] * self.session_size[sess])
         # Rows hold sessions in ascending recency: reversed, a stable sort on (row, -sim) breaks ties by
         # recency descending without a third key.
         row, sess, sim = row[::-1], sess[::-1], sim[::-1]
@@ -199,16 +207,22 @@ class SessionKNN(CountingBaseline):
     def forward(self, batch, out: Tensor | None = None) -> Tensor:
         row, sess, sim = self.neighbours(batch)
         weights = sp.csr_matrix((sim, (row, sess)), shape=(batch.num_graphs, self.session_items.shape[0]))
-        scores = (weights @ self.session_items).tocsr()  # float64 sums, sparse: only neighbours' items
-        rows = np.repeat(np.arange(batch.num_graphs, dtype=np.int64), np.diff(scores.indptr))
-        keep = scores.indices > 0  # column 0 is the padding id (never clicked)
-        if out is None or out.dtype != torch.float32:
-            out = torch.zeros(batch.num_graphs, self.n_items, device=batch.x.device)
-        else:
-            out.zero_()
-        at = [torch.from_numpy(a).to(out.device) for a in (rows[keep], scores.indices[keep].astype(np.int64) - 1)]
-        out[at[0], at[1]] = torch.from_numpy(scores.data[keep].astype(np.float32)).to(out.device)  # as toarray + cast
-        return out
+        return dense_scores(weights @ self.session_items, batch, self.n_items, out)  # float64 sums, sparse
+
+
+def dense_scores(scores: sp.spmatrix, batch, n_items: int, out: Tensor | None = None) -> Tensor:
+    """[B, n_items] float32 scores of items 1..n_items from sparse [B, n_items + 1] rows (column 0 is the
+    padding id), written into `out` when given (as toarray and a cast, without the dense float64 copy)."""
+    scores = scores.tocsr()
+    rows = np.repeat(np.arange(batch.num_graphs, dtype=np.int64), np.diff(scores.indptr))
+    keep = scores.indices > 0
+    if out is None or out.dtype != torch.float32:
+        out = torch.zeros(batch.num_graphs, n_items, device=batch.x.device)
+    else:
+        out.zero_()
+    at = [torch.from_numpy(a).to(out.device) for a in (rows[keep], scores.indices[keep].astype(np.int64) - 1)]
+    out[at[0], at[1]] = torch.from_numpy(scores.data[keep].astype(np.float32)).to(out.device)
+    return out
 
 
 @dataclass(frozen=True)
@@ -217,6 +231,7 @@ class SKNNConfig:
 
     k: int = 100
     sample_size: int = 500
+    similarity: str = "cosine"
 
 
 SPECS = {
@@ -229,10 +244,11 @@ SPECS = {
         doc="session popularity: clicks in the prefix, global popularity as tie-breaker",
     ),
     "sknn": BaselineSpec(
-        build=lambda n_items, cfg: SessionKNN(n_items, cfg["k"], cfg["sample_size"]),
+        build=lambda n_items, cfg: SessionKNN(n_items, cfg["k"], cfg["sample_size"], cfg["similarity"]),
         defaults=SKNNConfig(),
         # session-rec's tuning ranges for neighbours and candidate sessions (Ludewig et al. 2021).
-        space={"k": space.Choice((50, 100, 200, 500, 1000)), "sample_size": space.Choice((500, 1000, 2500, 5000, 10000))},
+        space={"k": space.Choice((50, 100, 200, 500, 1000)), "sample_size": space.Choice((500, 1000, 2500, 5000, 10000)),
+               "similarity": space.Choice(SessionKNN.SIMILARITIES)},
         doc="session kNN (session-rec ContextKNN): cosine on item sets, 500 most recent candidates, top 100",
     ),
 }

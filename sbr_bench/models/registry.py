@@ -37,10 +37,11 @@ MODEL_MODULES = [
     "sbr_bench.models.dhcn",
     "sbr_bench.models.narm",
     "sbr_bench.models.baselines",
+    "sbr_bench.models.rules",
     "sbr_bench.models.oracle",
 ]
 
-TABLE2_ORDER = ["pop", "spop", "sknn", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "dhcn", "attenmixer"]
+TABLE2_ORDER = ["pop", "spop", "sknn", "sr", "ar", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "dhcn", "attenmixer"]
 SYNTHETIC_ONLY = ("oracle",)  # need the generator's truth: in "all" only on the built-in synthetic data
 TABLE3 = ["srgnn", "srgnn+attenmixer", "sgnnhn", "sgnnhn+attenmixer"]  # the paper's Table 3
 TABLE3_DIM = 256  # the paper runs both sides of Table 3 (every model, in fact) at d = 256
