@@ -25,18 +25,53 @@ import numpy as np
 import pandas as pd
 
 SPLIT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "yoochoose" / "sessionrec_rsc15_100k"
-# name -> (session-rec module, class, its keyword arguments = our defaults of that model)
+VSKNN = dict(sample_size=1000, similarity="vec", weighting="div", weighting_score="div", remind=True)
+# check -> (our model, its parameters, session-rec module, class, its keyword arguments: the same settings).
+# A `-allk` check keeps every candidate as a neighbour (k = sample size): no tie at the k-th neighbour
+# decides which sessions vote, so both sides must give the same numbers; with k = 100 they may differ by
+# which of the equally similar sessions make the cut (session-rec: set iteration order; ours: recency).
 ALGORITHMS = {
-    "sr": ("algorithms/baselines/sr.py", "SequentialRules", dict(steps=10, weighting="div", pruning=20)),
-    "ar": ("algorithms/baselines/ar.py", "AssociationRules", dict(pruning=20)),
-    "sknn": ("algorithms/knn/sknn.py", "ContextKNN", dict(k=100, sample_size=500, similarity="cosine")),
+    "sr": ("sr", {}, "algorithms/baselines/sr.py", "SequentialRules", dict(steps=10, weighting="div", pruning=20)),
+    "ar": ("ar", {}, "algorithms/baselines/ar.py", "AssociationRules", dict(pruning=20)),
+    "sknn": ("sknn", {}, "algorithms/knn/sknn.py", "ContextKNN", dict(k=100, sample_size=500, similarity="cosine")),
+    "sknn-allk": ("sknn", {"k": 500}, "algorithms/knn/sknn.py", "ContextKNN", dict(k=500, sample_size=500,
+                                                                               similarity="cosine")),
+    "vsknn": ("vsknn", {}, "algorithms/knn/vsknn.py", "VMContextKNN", dict(k=100, **VSKNN)),
+    "vsknn-allk": ("vsknn", {"k": 1000}, "algorithms/knn/vsknn.py", "VMContextKNN", dict(k=1000, **VSKNN)),
+    "stan": ("stan", {}, "algorithms/knn/stan.py", "STAN", dict(k=100, sample_size=5000, lambda_spw=1.02, lambda_snh=5,
+                                                                lambda_inh=2.05, remind=True)),
+    # SeqFilterContextKNN is not in session-rec's current tree: its filter, written out below, on its ContextKNN.
+    "sfsknn": ("sfsknn", {}, "algorithms/knn/sknn.py", "ContextKNN", dict(k=100, sample_size=1000, similarity="cosine")),
 }
+
+
+class SequenceFilter:
+    """SeqFilterContextKNN: a kNN's scores kept only for items that directly followed the input item in
+    some training session."""
+
+    def __init__(self, knn):
+        self.knn = knn
+
+    def fit(self, data):
+        self.knn.fit(data)
+        same = data["SessionId"].values[1:] == data["SessionId"].values[:-1]
+        before, after = data["ItemId"].values[:-1][same], data["ItemId"].values[1:][same]
+        self.followed_by = pd.DataFrame({"a": before, "b": after}).groupby("a")["b"].apply(set).to_dict()
+
+    def predict_next(self, session_id, input_item_id, predict_for_item_ids, timestamp=0):
+        preds = self.knn.predict_next(session_id, input_item_id, predict_for_item_ids, timestamp=timestamp)
+        preds[~np.isin(predict_for_item_ids, list(self.followed_by.get(input_item_id, ())))] = 0
+        return preds
 
 
 def load_class(root: Path, module: str, name: str):
     for missing in ("pympler", "psutil"):  # imported at the top of some modules, unused by fit/predict
         sys.modules.setdefault(missing, types.ModuleType(missing))
     sys.modules["pympler"].asizeof = None
+    if not hasattr(np, "in1d"):  # session-rec targets numpy 1 and Python < 3.8
+        np.in1d = np.isin
+    if not hasattr(time, "clock"):
+        time.clock = time.perf_counter
     spec = importlib.util.spec_from_file_location(name, root / module)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -83,13 +118,15 @@ def main() -> int:
     ours_data = load_dataset(str(args.split), data_dir=args.data_dir)
     rows = {}
     for name in args.models.split(","):
-        module, cls, kwargs = ALGORITHMS[name]
+        our_name, our_params, module, cls, kwargs = ALGORITHMS[name]
         theirs = load_class(args.session_rec, module, cls)(**kwargs)
+        if name == "sfsknn":
+            theirs = SequenceFilter(theirs)
         start = time.perf_counter()
         theirs.fit(train.copy())
         opt, pes, own = sessionrec_ranks(theirs, train, test)
         their_s = time.perf_counter() - start
-        ours, _ = build_model(name, ours_data.n_items)
+        ours, _ = build_model(our_name, ours_data.n_items, our_params)
         start = time.perf_counter()
         ours.fit(ours_data.train_and_valid())
         result = evaluate_split(ours, ours_data.test, ours_data.n_items, "cpu")
@@ -107,7 +144,7 @@ def main() -> int:
               f"{len(opt)} vs {len(result.ranks_optimistic)} predictions; fit + evaluation {their_s:.1f} s vs "
               f"{our_s:.1f} s", flush=True)
     if args.json:
-        kwargs = "; ".join(f"{ALGORITHMS[n][1]}({', '.join(f'{k}={v!r}' for k, v in ALGORITHMS[n][2].items())})"
+        kwargs = "; ".join(f"{n}: {ALGORITHMS[n][3]}({', '.join(f'{k}={v!r}' for k, v in ALGORITHMS[n][4].items())})"
                            for n in rows)
         record = {"source": f"rn5l/session-rec at commit {args.commit}: {kwargs}, fitted on "
                             "yoochoose-clicks-100k_train_full.txt and evaluated with the protocol of its "

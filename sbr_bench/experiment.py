@@ -70,8 +70,8 @@ class Experiment:
     """A benchmark experiment: typed and validated on construction (a `ConfigError` names the setting).
 
     Attributes:
-        models: names, `ENCODER+READOUT` compositions, `all` (every model but ablations) or `table3`; a
-            comma-separated string is split.
+        models: names, `ENCODER+READOUT` compositions, `all` (every model but ablations and the extra
+            anchors), `anchors` (counting, rule and kNN anchors) or `table3`; a comma-separated string is split.
         dataset: a `DataConfig`, a dataset name, or a dict of `DataConfig` fields.
         seeds: a list of seeds, or a count n for seeds 0..n-1.
         epochs: epochs for every trainable model (default: each model's own, capped at 5 on synthetic data).

@@ -40,7 +40,7 @@ def add_arguments(p) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", metavar="FILE", help="an experiment file (TOML), e.g. a run's experiment.toml; "
                    "the options below override it")
-    p.add_argument("--models", help="all | table3 | comma-separated names | ENCODER+READOUT (default: all)")
+    p.add_argument("--models", help="all | anchors | table3 | comma-separated names | ENCODER+READOUT (default: all)")
     add_dataset_arguments(p, default=None)
     add_selection_argument(p)
     p.add_argument("--runs-dir", help="where run records go (default: runs)")

@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", metavar="FILE", help="an experiment file (TOML) with a [tune] table, e.g. a tune "
                    "folder's tune.toml; the options below override it")
-    p.add_argument("--models", help="all | comma-separated names | ENCODER+READOUT (default: all)")
+    p.add_argument("--models", help="all | anchors | comma-separated names | ENCODER+READOUT (default: all)")
     add_dataset_arguments(p, default=None)
     add_selection_argument(p)
     p.add_argument("--budget", type=int, metavar="N", help="trials per model")

@@ -4,8 +4,8 @@
 - `build_model("srgnn+attenmixer", n_items)` composes SR-GNN's encoder with Atten-Mixer's readout and
   scorer (paper Table 3): training defaults come from the encoder's model, readout parameters from
   the readout's model;
-- `resolve_names("all")` lists every model but ablations and synthetic-only ones; `"table3"` lists the
-  compositions of paper Table 3.
+- `resolve_names("all")` lists every model but ablations, the extra anchors and synthetic-only ones;
+  `"anchors"` the anchors (counting, rule and kNN methods); `"table3"` the compositions of paper Table 3.
 
 Built-in model modules define `SPECS = {name: ModelSpec(...) or BaselineSpec(...)}`. Other code adds
 models with `register_model` (also as a decorator); other packages declare a module in the entry-point
@@ -38,10 +38,17 @@ MODEL_MODULES = [
     "sbr_bench.models.narm",
     "sbr_bench.models.baselines",
     "sbr_bench.models.rules",
+    "sbr_bench.models.vsknn",
+    "sbr_bench.models.sfsknn",
+    "sbr_bench.models.stan",
     "sbr_bench.models.oracle",
 ]
 
-TABLE2_ORDER = ["pop", "spop", "sknn", "sr", "ar", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "dhcn", "attenmixer"]
+TABLE2_ORDER = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "dhcn", "attenmixer"]
+# The anchors that independent studies found hardest to beat (`--models anchors`): counting, rule and kNN
+# methods. pop, spop and sknn are in "all" as well; the others are named or selected as anchors.
+ANCHORS = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan"]
+ANCHORS_IN_ALL = ("pop", "spop", "sknn")
 SYNTHETIC_ONLY = ("oracle",)  # need the generator's truth: in "all" only on the built-in synthetic data
 TABLE3 = ["srgnn", "srgnn+attenmixer", "sgnnhn", "sgnnhn+attenmixer"]  # the paper's Table 3
 TABLE3_DIM = 256  # the paper runs both sides of Table 3 (every model, in fact) at d = 256
@@ -185,18 +192,21 @@ def list_models() -> dict:
 
 
 def resolve_names(text, synthetic: bool = False) -> list[str]:
-    """'all' | 'table3' | names and encoder+readout compositions (a comma-separated string or a list).
-    'all' is every model but ablation variants and `SYNTHETIC_ONLY` ones; with `synthetic` (the data
-    are the built-in synthetic data) it also includes the oracle, last."""
+    """'all' | 'anchors' | 'table3' | names and encoder+readout compositions (a comma-separated string or
+    a list). 'all' is every model but ablation variants, the anchors beyond pop, spop and sknn, and
+    `SYNTHETIC_ONLY` ones; with `synthetic` (the data are the built-in synthetic data) it also includes the
+    oracle, last. 'anchors' is `ANCHORS`."""
     parts = text.split(",") if isinstance(text, str) else list(text)
     names = []
     for part in [p.strip() for p in parts if p.strip()]:
         if part == "all":
             known = specs()
-            names += [n for n in TABLE2_ORDER if n in known]
-            names += [n for n, s in known.items() if n not in TABLE2_ORDER and not s.ablation
-                      and n not in SYNTHETIC_ONLY]
+            left_out = set(SYNTHETIC_ONLY) | (set(ANCHORS) - set(ANCHORS_IN_ALL))
+            names += [n for n in TABLE2_ORDER if n in known and n not in left_out]
+            names += [n for n, s in known.items() if n not in TABLE2_ORDER and not s.ablation and n not in left_out]
             names += [n for n in SYNTHETIC_ONLY if synthetic and n in known]
+        elif part == "anchors":
+            names += [n for n in ANCHORS if n in specs()]
         elif part == "table3":
             names += TABLE3
         else:

@@ -1,0 +1,58 @@
+"""SF-SKNN (Ludewig & Jannach 2018, "sequence and filtered" session kNN; session-rec's earlier
+`SeqFilterContextKNN`): `sknn`'s neighbours and votes, but an item can only be recommended if, somewhere in
+the training sessions, it was clicked directly after the prefix's last item.
+
+Defaults of that class: cosine similarity, the 1000 most recent candidate sessions, k = 100 (as in its
+configurations). Its `remind` boost of the prefix's last 3 items and `pop_boost` (both off by default)
+are not implemented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import space
+from .baselines import SessionKNN, dense_scores, training_clicks
+from .registry import BaselineSpec
+
+
+class SequenceFilterKNN(SessionKNN):
+    def fit(self, train):
+        super().fit(train)
+        items = training_clicks(train, self.n_items)
+        follows = np.diff(np.arange(len(items)) - np.repeat(train.sessions.offsets[:-1], train.sessions.lengths)) > 0
+        before, after = items[:-1][follows], items[1:][follows]  # consecutive clicks of one session
+        size = self.n_items + 1
+        self.followed_by = sp.csr_matrix((np.ones(len(before)), (before, after)), shape=(size, size))
+        self.followed_by.data[:] = 1.0
+        return self
+
+    def forward(self, batch, out=None):
+        row, sess, sim = self.neighbours(batch)
+        weights = sp.csr_matrix((sim, (row, sess)), shape=(batch.num_graphs, self.session_items.shape[0]))
+        last = batch.x[batch.alias[batch.last]].cpu().numpy()
+        scores = (weights @ self.session_items).multiply(self.followed_by[last])
+        return dense_scores(scores, batch, self.n_items, out)
+
+
+@dataclass(frozen=True)
+class SFSKNNConfig:
+    """SeqFilterContextKNN's defaults: the 100 most similar (cosine) of the 1000 most recent candidates."""
+
+    k: int = 100
+    sample_size: int = 1000
+    similarity: str = "cosine"
+
+
+SPECS = {
+    "sfsknn": BaselineSpec(
+        build=lambda n_items, cfg: SequenceFilterKNN(n_items, cfg["k"], cfg["sample_size"], cfg["similarity"]),
+        defaults=SFSKNNConfig(),
+        space={"k": space.Choice((50, 100, 200, 500, 1000)), "sample_size": space.Choice((500, 1000, 2500, 5000, 10000)),
+               "similarity": space.Choice(SequenceFilterKNN.SIMILARITIES)},
+        doc="SF-SKNN: session kNN recommending only items that directly followed the last click in training",
+    ),
+}

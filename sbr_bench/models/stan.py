@@ -1,0 +1,109 @@
+"""STAN (Garg et al., SIGIR 2019: sequence and time aware neighbourhood; session-rec `algorithms/knn/stan.py`):
+session kNN with three exponential decays.
+
+- Prefix weights (λ_spw): an item's weight is exp((c - L) / λ_spw), c its last position of L clicks.
+- Similarity: the weighted cosine sum over shared items of the weights / (sqrt(sum of squared weights)
+  sqrt(|S|)), times exp(-(t - t_S) / λ_snh) for a training session that ended at t_S (λ_snh in days).
+  t, the time of the recommendation, is the same factor for every candidate of one prefix, so neighbours
+  and ranks do not depend on it: we use the latest training time, and need no clock time for the prefix.
+- Votes (λ_inh): neighbour S votes sim * exp(-|p(i) - p*| / λ_inh) for each of its items i, p(i) the
+  last position of i in S and p* that of S's most recent item that the prefix also holds.
+- Candidates as `sknn`: the `sample_size` (5000) most recent sessions sharing an item; k = 100 neighbours
+  (ties: the more recent session). A λ of 0 switches its decay off (session-rec: None). `remind=False`
+  leaves out the prefix's own items.
+
+Defaults: session-rec's (λ_spw 1.02, λ_snh 5 days, λ_inh 2.05, 5000 candidates), k = 100 as in its
+configurations. The session time decay needs session times: on data without them (SR-GNN's preprocessed
+splits) it is off, with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import space
+from .baselines import dense_scores
+from .registry import BaselineSpec
+from .vsknn import PrefixVectorKNN, prefix_items
+
+DAY = 24 * 3600.0
+
+
+class STAN(PrefixVectorKNN):
+    def __init__(self, n_items: int, k: int = 100, sample_size: int = 5000, lambda_spw: float = 1.02,
+                 lambda_snh: float = 5.0, lambda_inh: float = 2.05, remind: bool = True):
+        super().__init__(n_items, k, sample_size)
+        if min(lambda_spw, lambda_snh, lambda_inh) < 0:
+            raise ValueError("stan's decays lambda_spw, lambda_snh, lambda_inh must be >= 0 (0: off)")
+        self.lambda_spw, self.lambda_snh, self.lambda_inh, self.remind = lambda_spw, lambda_snh, lambda_inh, remind
+
+    def fit(self, train):
+        super().fit(train)
+        times = train.sessions.end_time
+        self.time_decay = bool(self.lambda_snh) and times is not None
+        if self.lambda_snh and times is None:
+            warnings.warn("stan: the training sessions have no times (e.g. SR-GNN's preprocessed splits); the "
+                          "session time decay (lambda_snh) is off", stacklevel=2)
+        # exp((t_S - latest) / λ): the decay up to a factor common to all candidates (see the docstring).
+        self.time_weight = (np.exp((times[self.recency_order] - times.max()) / (self.lambda_snh * DAY))
+                            if self.time_decay else np.ones(len(self.recency_order)))
+        return self
+
+    def neighbours(self, batch):
+        """Top-k neighbours per example: (example, session row, similarity, p* of the session)."""
+        self._check_fitted()
+        example, item, position, length = prefix_items(batch)
+        weight = np.exp((position - length) / self.lambda_spw) if self.lambda_spw else np.ones(len(item))
+        row, sess = self.candidates(batch, example, item)
+        pair, at, found = self.shared(row, sess, example, item, batch.num_graphs)
+        overlap = np.bincount(pair, weights=weight[at], minlength=len(row))
+        norm = np.sqrt(np.bincount(example, weights=weight * weight, minlength=batch.num_graphs))
+        sim = overlap / (norm[row] * np.sqrt(self.session_size[sess])) * self.time_weight[sess]
+        anchor = np.zeros(len(row), dtype=np.int64)
+        np.maximum.at(anchor, pair, self.last_position[found])
+        return self.top_k(batch.num_graphs, row, sess, sim, anchor)
+
+    def forward(self, batch, out=None):
+        row, sess, sim, anchor = self.neighbours(batch)
+        # Every item of every neighbour: its slice of the (session, item) keys, which are sorted by session.
+        size = self.n_items + 1
+        begin = np.searchsorted(self.session_item_keys, sess * size)
+        count = np.searchsorted(self.session_item_keys, (sess + 1) * size) - begin
+        vote = np.repeat(np.arange(len(row)), count)
+        at = np.repeat(begin, count) + np.arange(len(vote)) - np.repeat(np.cumsum(count) - count, count)
+        value = sim[vote]
+        if self.lambda_inh:
+            value = value * np.exp(-np.abs(self.last_position[at] - anchor[vote]) / self.lambda_inh)
+        scores = sp.csr_matrix((value, (row[vote], self.session_item_keys[at] % size)), shape=(batch.num_graphs, size))
+        scores.sum_duplicates()
+        return dense_scores(scores if self.remind else self.without_prefix_items(scores, batch), batch, self.n_items, out)
+
+
+@dataclass(frozen=True)
+class STANConfig:
+    """session-rec's STAN defaults (k = 100 as in its configurations); a λ of 0 turns that decay off."""
+
+    k: int = 100
+    sample_size: int = 5000
+    lambda_spw: float = 1.02
+    lambda_snh: float = 5.0
+    lambda_inh: float = 2.05
+    remind: bool = True
+
+
+SPECS = {
+    "stan": BaselineSpec(
+        build=lambda n_items, cfg: STAN(n_items, cfg["k"], cfg["sample_size"], cfg["lambda_spw"], cfg["lambda_snh"],
+                                        cfg["lambda_inh"], cfg["remind"]),
+        defaults=STANConfig(),
+        # The STAN paper's and session-rec's ranges for the decays (λ_spw around the mean session length).
+        space={"k": space.Choice((50, 100, 200, 500, 1000)), "sample_size": space.Choice((1000, 2500, 5000, 10000)),
+               "lambda_spw": space.Float(0.25, 8.0, log=True), "lambda_snh": space.Float(0.5, 100.0, log=True),
+               "lambda_inh": space.Float(0.25, 8.0, log=True)},
+        doc="STAN (SIGIR'19): session kNN with prefix-position, session-time and neighbour-position decays",
+    ),
+}
