@@ -40,6 +40,9 @@ ALGORITHMS = {
     "vsknn-allk": ("vsknn", {"k": 1000}, "algorithms/knn/vsknn.py", "VMContextKNN", dict(k=1000, **VSKNN)),
     "stan": ("stan", {}, "algorithms/knn/stan.py", "STAN", dict(k=100, sample_size=5000, lambda_spw=1.02, lambda_snh=5,
                                                                 lambda_inh=2.05, remind=True)),
+    "vstan": ("vstan", {}, "algorithms/knn/vstan.py", "VSKNN_STAN", dict(k=100, sample_size=5000, lambda_spw=1.02,
+                                                                         lambda_snh=5, lambda_inh=2.05, lambda_ipw=1.02,
+                                                                         lambda_idf=5, remind=True)),
     # SeqFilterContextKNN is not in session-rec's current tree: its filter, written out below, on its ContextKNN.
     "sfsknn": ("sfsknn", {}, "algorithms/knn/sknn.py", "ContextKNN", dict(k=100, sample_size=1000, similarity="cosine")),
 }

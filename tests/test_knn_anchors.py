@@ -1,4 +1,4 @@
-"""The kNN anchors V-SKNN, STAN and SF-SKNN: the vectorised neighbours and scores against per-example
+"""The kNN anchors V-SKNN, STAN, V-STAN and SF-SKNN: the vectorised neighbours and scores against per-example
 implementations of their definitions, batching invariance, and beating popularity on real data
 (session-rec's numbers: tests/test_sessionrec_agreement.py)."""
 
@@ -16,7 +16,7 @@ from sbr_bench.data.graphs import collate_examples
 from sbr_bench.data.sessions import Sessions, Split
 from sbr_bench.models.registry import build_model
 from sbr_bench.models.sfsknn import SequenceFilterKNN
-from sbr_bench.models.stan import DAY, STAN
+from sbr_bench.models.stan import DAY, STAN, VSTAN
 from sbr_bench.models.vsknn import PREFIX_WEIGHTS, STEP_DECAYS, VSKNN
 
 
@@ -88,8 +88,13 @@ def candidates(sets, end_times, prefix, sample_size):
     return cand
 
 
-def stan_reference(train_seqs, end_times, prefix, k, sample_size, spw, snh, inh, remind):
+def stan_reference(train_seqs, end_times, prefix, k, sample_size, spw, snh, inh, remind, ipw=0.0, idf=0.0):
+    """STAN; with ipw or idf, V-STAN."""
     sets, p, n = [set(s) for s in train_seqs], set(prefix), len(prefix)
+    clicks = defaultdict(int)
+    for s in train_seqs:
+        for item in s:
+            clicks[item] += 1
     w = {item: math.exp((c - n) / spw) if spw else 1.0 for c, item in enumerate(prefix, 1)}  # last position wins
     latest = max(end_times)
     sims = []
@@ -102,9 +107,13 @@ def stan_reference(train_seqs, end_times, prefix, k, sample_size, spw, snh, inh,
     for sim, _, j in sims[:k]:
         last = {item: pos for pos, item in enumerate(train_seqs[j], 1)}
         anchor = max(pos for item, pos in last.items() if item in p)
+        latest = max(c for c, item in enumerate(prefix, 1) if item in sets[j])
         for item, pos in last.items():
             if remind or item not in p:
-                scores[item] += sim * (math.exp(-abs(pos - anchor) / inh) if inh else 1.0)
+                vote = sim * (math.exp(-abs(pos - anchor) / inh) if inh else 1.0)
+                vote *= math.exp((latest - n) / ipw) if ipw else 1.0
+                vote *= 1.0 + idf * math.log(len(train_seqs) / clicks[item])
+                scores[item] += vote
     return scores
 
 
@@ -146,6 +155,14 @@ def test_stan_matches_its_definition_per_example(tiny, k, sample_size, spw, snh,
                   tiny)
 
 
+@pytest.mark.parametrize("k,sample_size,ipw,idf,remind", [(100, 5000, 1.02, 5.0, True), (5, 40, 0.5, 0.0, False),
+                                                         (10, 0, 0.0, 2.0, True)])
+def test_vstan_matches_its_definition_per_example(tiny, k, sample_size, ipw, idf, remind):
+    check_against(VSTAN(tiny.n_items, k, sample_size, 1.02, 5.0, 2.05, ipw, idf, remind),
+                  lambda seqs, times, prefix: stan_reference(seqs, times, prefix, k, sample_size, 1.02, 5.0, 2.05, remind,
+                                                             ipw, idf), tiny)
+
+
 @pytest.mark.parametrize("k,sample_size", [(100, 1000), (5, 30), (10, 0)])
 def test_sfsknn_matches_its_definition_per_example(tiny, k, sample_size):
     check_against(SequenceFilterKNN(tiny.n_items, k, sample_size),
@@ -161,7 +178,7 @@ def test_stan_without_session_times_turns_its_time_decay_off_and_says_so():
     assert torch.equal(model(batch), STAN(4, lambda_snh=0.0).fit(untimed)(batch))
 
 
-@pytest.mark.parametrize("name", ["vsknn", "stan", "sfsknn"])
+@pytest.mark.parametrize("name", ["vsknn", "stan", "vstan", "sfsknn"])
 def test_beats_popularity_on_the_real_diginetica_sample(name, tmp_path):
     from sbr_bench import load_dataset
 
@@ -178,6 +195,6 @@ def test_beats_popularity_on_the_real_diginetica_sample(name, tmp_path):
 def test_anchors_are_selected_by_name_and_all_keeps_its_meaning():
     from sbr_bench.models.registry import resolve_names
 
-    assert resolve_names("anchors") == ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan"]
+    assert resolve_names("anchors") == ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan"]
     assert resolve_names("all") == ["pop", "spop", "sknn", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "dhcn",
                                     "attenmixer"]

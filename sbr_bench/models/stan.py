@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import space
-from .baselines import dense_scores
+from .baselines import dense_scores, training_clicks
 from .registry import BaselineSpec
 from .vsknn import PrefixVectorKNN, prefix_items
 
@@ -54,7 +54,8 @@ class STAN(PrefixVectorKNN):
         return self
 
     def neighbours(self, batch):
-        """Top-k neighbours per example: (example, session row, similarity, p* of the session)."""
+        """Top-k neighbours per example: (example, session row, similarity, p* of the session, and how many
+        clicks before the prefix's end its last item shared with the session lies)."""
         self._check_fitted()
         example, item, position, length = prefix_items(batch)
         weight = np.exp((position - length) / self.lambda_spw) if self.lambda_spw else np.ones(len(item))
@@ -63,24 +64,62 @@ class STAN(PrefixVectorKNN):
         overlap = np.bincount(pair, weights=weight[at], minlength=len(row))
         norm = np.sqrt(np.bincount(example, weights=weight * weight, minlength=batch.num_graphs))
         sim = overlap / (norm[row] * np.sqrt(self.session_size[sess])) * self.time_weight[sess]
-        anchor = np.zeros(len(row), dtype=np.int64)
+        anchor, latest = np.zeros(len(row), dtype=np.int64), np.zeros(len(row), dtype=np.int64)
         np.maximum.at(anchor, pair, self.last_position[found])
-        return self.top_k(batch.num_graphs, row, sess, sim, anchor)
+        np.maximum.at(latest, pair, position[at])
+        return self.top_k(batch.num_graphs, row, sess, sim, anchor, length[np.searchsorted(example, row)] - latest)
 
     def forward(self, batch, out=None):
-        row, sess, sim, anchor = self.neighbours(batch)
+        row, sess, sim, anchor, gap = self.neighbours(batch)
         # Every item of every neighbour: its slice of the (session, item) keys, which are sorted by session.
         size = self.n_items + 1
         begin = np.searchsorted(self.session_item_keys, sess * size)
         count = np.searchsorted(self.session_item_keys, (sess + 1) * size) - begin
         vote = np.repeat(np.arange(len(row)), count)
         at = np.repeat(begin, count) + np.arange(len(vote)) - np.repeat(np.cumsum(count) - count, count)
+        item = self.session_item_keys[at] % size
         value = sim[vote]
         if self.lambda_inh:
             value = value * np.exp(-np.abs(self.last_position[at] - anchor[vote]) / self.lambda_inh)
-        scores = sp.csr_matrix((value, (row[vote], self.session_item_keys[at] % size)), shape=(batch.num_graphs, size))
+        value = self.adjust(value, item, gap[vote])
+        scores = sp.csr_matrix((value, (row[vote], item)), shape=(batch.num_graphs, size))
         scores.sum_duplicates()
         return dense_scores(scores if self.remind else self.without_prefix_items(scores, batch), batch, self.n_items, out)
+
+
+    def adjust(self, value, item, gap):
+        """Further decays of a vote for `item` (V-STAN's); `gap`: clicks between the prefix's end and its
+        last item shared with the voting session."""
+        return value
+
+
+class VSTAN(STAN):
+    """V-STAN (Ludewig et al. 2021; session-rec `algorithms/knn/vstan.py`): STAN whose votes also decay with
+    how far back the prefix's last shared item lies, exp(-gap / λ_ipw), and grow with the voted item's
+    inverse document frequency, times (1 + λ_idf log(sessions / clicks of the item)). session-rec's
+    `similarity` option is not used by its own code (always cosine), nor here."""
+
+    def __init__(self, n_items: int, k: int = 100, sample_size: int = 5000, lambda_spw: float = 1.02,
+                 lambda_snh: float = 5.0, lambda_inh: float = 2.05, lambda_ipw: float = 1.02, lambda_idf: float = 5.0,
+                 remind: bool = True):
+        super().__init__(n_items, k, sample_size, lambda_spw, lambda_snh, lambda_inh, remind)
+        if min(lambda_ipw, lambda_idf) < 0:
+            raise ValueError("vstan's lambda_ipw and lambda_idf must be >= 0 (0: off)")
+        self.lambda_ipw, self.lambda_idf = lambda_ipw, lambda_idf
+
+    def fit(self, train):
+        super().fit(train)
+        clicks = np.bincount(training_clicks(train, self.n_items), minlength=self.n_items + 1).astype(np.float64)
+        with np.errstate(divide="ignore"):  # items never clicked in training never get a vote
+            self.idf = np.where(clicks > 0, np.log(len(train.sessions) / np.maximum(clicks, 1)), 0.0)
+        return self
+
+    def adjust(self, value, item, gap):
+        if self.lambda_ipw:
+            value = value * np.exp(-gap / self.lambda_ipw)
+        if self.lambda_idf:
+            value = value * (1.0 + self.lambda_idf * self.idf[item])
+        return value
 
 
 @dataclass(frozen=True)
@@ -95,15 +134,32 @@ class STANConfig:
     remind: bool = True
 
 
+@dataclass(frozen=True)
+class VSTANConfig(STANConfig):
+    """session-rec's VSTAN defaults: STAN's, with λ_ipw 1.02 and λ_idf 5."""
+
+    lambda_ipw: float = 1.02
+    lambda_idf: float = 5.0
+
+
+DECAY = space.Float(0.25, 8.0, log=True)
+SPACE = {"k": space.Choice((50, 100, 200, 500, 1000)), "sample_size": space.Choice((1000, 2500, 5000, 10000)),
+         "lambda_spw": DECAY, "lambda_snh": space.Float(0.5, 100.0, log=True), "lambda_inh": DECAY}
+
 SPECS = {
     "stan": BaselineSpec(
         build=lambda n_items, cfg: STAN(n_items, cfg["k"], cfg["sample_size"], cfg["lambda_spw"], cfg["lambda_snh"],
                                         cfg["lambda_inh"], cfg["remind"]),
         defaults=STANConfig(),
-        # The STAN paper's and session-rec's ranges for the decays (λ_spw around the mean session length).
-        space={"k": space.Choice((50, 100, 200, 500, 1000)), "sample_size": space.Choice((1000, 2500, 5000, 10000)),
-               "lambda_spw": space.Float(0.25, 8.0, log=True), "lambda_snh": space.Float(0.5, 100.0, log=True),
-               "lambda_inh": space.Float(0.25, 8.0, log=True)},
+        # Around the STAN paper's and session-rec's values (λ_spw and λ_inh near the mean session length).
+        space=SPACE,
         doc="STAN (SIGIR'19): session kNN with prefix-position, session-time and neighbour-position decays",
+    ),
+    "vstan": BaselineSpec(
+        build=lambda n_items, cfg: VSTAN(n_items, cfg["k"], cfg["sample_size"], cfg["lambda_spw"], cfg["lambda_snh"],
+                                         cfg["lambda_inh"], cfg["lambda_ipw"], cfg["lambda_idf"], cfg["remind"]),
+        defaults=VSTANConfig(),
+        space=dict(SPACE, lambda_ipw=DECAY, lambda_idf=space.Float(0.0, 10.0)),
+        doc="V-STAN: STAN with V-SKNN's vote decay by the last shared prefix item and idf-weighted votes",
     ),
 }
