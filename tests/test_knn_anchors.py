@@ -195,6 +195,7 @@ def test_beats_popularity_on_the_real_diginetica_sample(name, tmp_path):
 def test_anchors_are_selected_by_name_and_all_keeps_its_meaning():
     from sbr_bench.models.registry import resolve_names
 
-    assert resolve_names("anchors") == ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan"]
+    assert resolve_names("anchors") == ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan",
+                                        "stamp"]
     assert resolve_names("all") == ["pop", "spop", "sknn", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "dhcn",
                                     "attenmixer"]

@@ -36,6 +36,7 @@ MODEL_MODULES = [
     "sbr_bench.models.lessr",
     "sbr_bench.models.dhcn",
     "sbr_bench.models.narm",
+    "sbr_bench.models.stamp",
     "sbr_bench.models.baselines",
     "sbr_bench.models.rules",
     "sbr_bench.models.vsknn",
@@ -44,10 +45,10 @@ MODEL_MODULES = [
     "sbr_bench.models.oracle",
 ]
 
-TABLE2_ORDER = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "dhcn", "attenmixer"]
+TABLE2_ORDER = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan", "stamp", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "dhcn", "attenmixer"]
 # The anchors that independent studies found hardest to beat (`--models anchors`): counting, rule and kNN
-# methods. pop, spop and sknn are in "all" as well; the others are named or selected as anchors.
-ANCHORS = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan"]
+# methods, and STAMP. pop, spop and sknn are in "all" as well; the others are named or selected as anchors.
+ANCHORS = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan", "stamp"]
 ANCHORS_IN_ALL = ("pop", "spop", "sknn")
 SYNTHETIC_ONLY = ("oracle",)  # need the generator's truth: in "all" only on the built-in synthetic data
 TABLE3 = ["srgnn", "srgnn+attenmixer", "sgnnhn", "sgnnhn+attenmixer"]  # the paper's Table 3
