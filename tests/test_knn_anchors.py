@@ -197,5 +197,5 @@ def test_anchors_are_selected_by_name_and_all_keeps_its_meaning():
 
     assert resolve_names("anchors") == ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan",
                                         "stamp"]
-    assert resolve_names("all") == ["pop", "spop", "sknn", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "niser",
-                                    "dhcn", "attenmixer"]  # today's models and the new Table 2 rows
+    assert resolve_names("all") == ["pop", "spop", "sknn", "nextitnet", "narm", "srgnn", "gcsan", "sgnnhn", "lessr",
+                                    "niser", "dhcn", "attenmixer"]  # today's models and the new Table 2 rows

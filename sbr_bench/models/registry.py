@@ -37,6 +37,7 @@ MODEL_MODULES = [
     "sbr_bench.models.lessr",
     "sbr_bench.models.dhcn",
     "sbr_bench.models.narm",
+    "sbr_bench.models.nextitnet",
     "sbr_bench.models.stamp",
     "sbr_bench.models.baselines",
     "sbr_bench.models.rules",
@@ -48,7 +49,7 @@ MODEL_MODULES = [
 
 # Table 2's rows: the anchors, then the paper's order.
 TABLE2_ORDER = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan", "stamp",
-                "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "niser", "dhcn", "attenmixer"]
+                "nextitnet", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "niser", "dhcn", "attenmixer"]
 # The anchors that independent studies found hardest to beat (`--models anchors`): counting, rule and kNN
 # methods, and STAMP. pop, spop and sknn are in "all" as well; the others are named or selected as anchors.
 ANCHORS = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan", "stamp"]

@@ -1,0 +1,108 @@
+"""NextItNet (Yuan et al., WSDM 2019): a stack of residual blocks of dilated causal 1-D convolutions over the
+item embeddings of a session; the state at the last click scores every item by dot product.
+
+Residual block (the authors' TensorFlow code, `nextitnet_residual_block`): dilated causal convolution
+(dilation r) -> LayerNorm -> ReLU -> dilated causal convolution (dilation 2r) -> LayerNorm -> ReLU, added
+to the block's input. Causal: each position sees only itself and earlier clicks (left padding), so a
+prefix's states do not depend on what follows it, nor on the batch's padding at the end.
+
+Defaults from RecBole's NextItNet configuration: d = 64, kernel width 3, 5 repetitions of the dilations
+(1, 4) (10 blocks), L2 1e-5. The original trains every position of a session at once (sequence to
+sequence); here, as for every model of the suite, each prefix is one example with its next click as the
+target, which gives the same training pairs. The convolutions are not `nn.Linear`s: SparseVD does not
+cover them, so NextItNet has no Figure-2 weight groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.utils import to_dense_batch
+
+from ..errors import ConfigError
+from . import space
+from .base import DotScorer, Encoded, Encoder, Readout
+from .config import TrainConfig
+from .registry import ModelSpec
+
+
+class CausalConv(nn.Conv1d):
+    """A 1-D convolution over [B, d, L] that sees only the current and earlier positions."""
+
+    def __init__(self, dim: int, kernel_size: int, dilation: int):
+        super().__init__(dim, dim, kernel_size, dilation=dilation)
+        self.left = (kernel_size - 1) * dilation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, (self.left, 0)))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, dim: int, kernel_size: int, dilation: int):
+        super().__init__()
+        self.conv1, self.conv2 = CausalConv(dim, kernel_size, dilation), CausalConv(dim, kernel_size, 2 * dilation)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, L, d]
+        h = torch.relu(self.norm1(self.conv1(x.transpose(1, 2)).transpose(1, 2)))
+        h = torch.relu(self.norm2(self.conv2(h.transpose(1, 2)).transpose(1, 2)))
+        return x + h
+
+
+def parse_dilations(text: str) -> list[int]:
+    try:
+        rates = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        rates = []
+    if not rates or min(rates) < 1:
+        raise ConfigError("overrides.dilations", "expected comma-separated whole numbers >= 1, e.g. 1,4", text)
+    return rates
+
+
+class NextItNetEncoder(Encoder):
+    def __init__(self, dim: int, kernel_size: int = 3, blocks: int = 5, dilations: str = "1,4"):
+        super().__init__()
+        if kernel_size < 1 or blocks < 1:
+            raise ConfigError("overrides.blocks" if blocks < 1 else "overrides.kernel_size", "must be at least 1",
+                              blocks if blocks < 1 else kernel_size)
+        self.blocks = nn.ModuleList(ResidualBlock(dim, kernel_size, r) for _ in range(blocks)
+                                    for r in parse_dilations(dilations))
+
+    def forward(self, batch, embedding) -> Encoded:
+        x, mask = to_dense_batch(embedding(batch.x)[batch.alias], batch.alias_batch, batch_size=batch.num_graphs)
+        for block in self.blocks:
+            x = block(x)
+        return Encoded(x[mask], batch.alias_batch, batch.last, batch.length)
+
+
+class LastStateReadout(Readout):
+    """The session is its last click's state."""
+
+    def forward(self, enc: Encoded, batch) -> Tensor:
+        return enc.last_h
+
+
+@dataclass(frozen=True)
+class NextItNetConfig(TrainConfig):
+    """NextItNet (RecBole's configuration): d = 64, kernel 3, 5 x dilations (1, 4), L2 1e-5."""
+
+    dim: int = 64
+    kernel_size: int = 3
+    blocks: int = 5
+    dilations: str = "1,4"
+
+
+SPECS = {
+    "nextitnet": ModelSpec(
+        encoder=lambda n_items, cfg: NextItNetEncoder(cfg["dim"], cfg["kernel_size"], cfg["blocks"], cfg["dilations"]),
+        readout=lambda cfg: LastStateReadout(),
+        scorer=lambda cfg: DotScorer(),
+        defaults=NextItNetConfig(),
+        space={"dim": space.dims(64), "lr": space.LR, "l2": space.L2, "blocks": space.Int(1, 8),
+               "dilations": space.Choice(("1,2", "1,4", "1,2,4,8"))},
+        doc="NextItNet (WSDM'19): residual blocks of dilated causal convolutions over the session, last state",
+    ),
+}
