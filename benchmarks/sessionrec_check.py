@@ -148,6 +148,7 @@ def main() -> int:
               f"{our_s:.1f} s", flush=True)
     if args.json:
         kwargs = "; ".join(f"{n}: {ALGORITHMS[n][3]}({', '.join(f'{k}={v!r}' for k, v in ALGORITHMS[n][4].items())})"
+                           + (" under SequenceFilter (SeqFilterContextKNN's filter)" if n == "sfsknn" else "")
                            for n in rows)
         record = {"source": f"rn5l/session-rec at commit {args.commit}: {kwargs}, fitted on "
                             "yoochoose-clicks-100k_train_full.txt and evaluated with the protocol of its "

@@ -25,8 +25,10 @@ def test_a_residual_block_is_its_equations():
     block = ResidualBlock(8, 3, 2).eval()
     x = torch.randn(2, 7, 8)
     with torch.no_grad():
-        def causal(h, conv, rate):  # [B, L, d] -> [B, L, d], looking (k - 1)·rate positions back
-            return F.conv1d(F.pad(h.transpose(1, 2), (2 * rate, 0)), conv.weight, conv.bias, dilation=rate).transpose(1, 2)
+        def causal(h, conv, rate):  # y_t = b + Σ_j W_j h_{t - (2 - j)·rate}: the conv1d of the paper, k = 3
+            weight = conv.linear.weight.view(8, 3, 8).permute(0, 2, 1)  # [out, in, tap], as a Conv1d's
+            return F.conv1d(F.pad(h.transpose(1, 2), (2 * rate, 0)), weight, conv.linear.bias,
+                            dilation=rate).transpose(1, 2)
 
         h = torch.relu(F.layer_norm(causal(x, block.conv1, 2), (8,), block.norm1.weight, block.norm1.bias))
         h = torch.relu(F.layer_norm(causal(h, block.conv2, 4), (8,), block.norm2.weight, block.norm2.bias))
@@ -68,7 +70,8 @@ def test_gradients_reach_every_parameter(tiny):
 def test_defaults_and_bad_dilations():
     model, cfg = build_model("nextitnet", 30)
     assert (cfg["dim"], cfg["kernel_size"], cfg["blocks"], cfg["dilations"]) == (64, 3, 5, "1,4")
-    assert [b.conv1.dilation[0] for b in model.encoder.blocks] == [1, 4] * 5
+    assert [b.conv1.shifts[0] // 2 for b in model.encoder.blocks] == [1, 4] * 5  # kernel 3: shifts 2r, r, 0
+    assert len(model.weight_groups()["gnn.propagation"]) == 20
     with pytest.raises(ConfigError, match="model_overrides.nextitnet.dilations"):
         build_model("nextitnet", 30, {"dilations": "1,x"})
 
