@@ -145,17 +145,7 @@ class Experiment:
             UserError: the file is missing or not TOML; ConfigError: a setting is wrong (the message
             starts with the file name).
         """
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as e:
-            raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{path}: not a valid TOML file ({e})") from None
-        try:
-            return cls.from_dict(data)
-        except ConfigError as e:
-            raise ConfigError(e.key, e.message, e.value, source=str(path)) from None
+        return from_file(cls, path)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -415,6 +405,21 @@ def _train_units(run_dir, config, dataset, device, progress, engine, engine_opti
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue with `sbr-bench run --resume {run_dir.path}`", file=sys.stderr)
         raise
+
+
+def from_file(cls, path):
+    """`cls.from_dict` of a TOML file (the standard library's reader: data only); a ConfigError names the file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not a valid TOML file ({e})") from None
+    try:
+        return cls.from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(e.key, e.message, e.value, source=str(path)) from None
 
 
 def experiment_record(experiment: Experiment, config: dict) -> str:

@@ -23,13 +23,12 @@ import dataclasses
 import math
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .callbacks import Callback
 from .errors import ConfigError, UserError
-from .experiment import Experiment, toml_text
+from .experiment import Experiment, from_file, toml_text
 from .models.config import validate
 
 OBJECTIVE = "MRR@20"  # validation MRR@20, the metric every run selects epochs on
@@ -95,17 +94,7 @@ class Tuning:
         Raises:
             UserError: the file is missing or not TOML; ConfigError: a setting is wrong (naming the file).
         """
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as e:
-            raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{path}: not a valid TOML file ({e})") from None
-        try:
-            return cls.from_dict(data)
-        except ConfigError as e:
-            raise ConfigError(e.key, e.message, e.value, source=str(path)) from None
+        return from_file(cls, path)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Tuning":

@@ -31,3 +31,29 @@ def popularity_hr20(dataset) -> float:
     pop, _ = build_model("pop", dataset.n_items)
     pop.fit(dataset.train)
     return test_hr20(pop, dataset)
+
+
+def assert_batching_invariant(model, split, n_items, every: int = 11) -> None:
+    """Eval-mode scores of examples scored together equal those scored one at a time."""
+    import numpy as np
+
+    from sbr_bench.data.graphs import collate_examples
+
+    model.eval()
+    index = np.arange(0, len(split), every)
+    with torch.no_grad():
+        together = model(collate_examples(split, index, n_items))
+        alone = torch.cat([model(collate_examples(split, [i], n_items)) for i in index[:20]])
+    torch.testing.assert_close(together[:20], alone, atol=1e-5, rtol=1e-5)
+
+
+def assert_gradients_reach_every_parameter(model, split, n_items) -> None:
+    import numpy as np
+
+    from sbr_bench.data.graphs import collate_examples
+
+    model.train()
+    loss, _ = model.loss(collate_examples(split, np.arange(200), n_items))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name

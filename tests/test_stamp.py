@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from conftest import shared_path
-from helpers import popularity_hr20, trained_hr20
+from helpers import assert_batching_invariant, assert_gradients_reach_every_parameter, popularity_hr20, trained_hr20
 from sbr_bench.data.graphs import collate_examples
 from sbr_bench.models.registry import build_model
 from sbr_bench.models.stamp import STAMPReadout
@@ -51,24 +51,11 @@ def test_readout_matches_the_equations_per_session(tiny, bias, add_mean):
 
 
 def test_batching_invariance_in_eval_mode(tiny):
-    model, _ = stamp(tiny.n_items)
-    model.eval()
-    index = np.arange(0, len(tiny.test), 11)
-    with torch.no_grad():
-        together = model(collate_examples(tiny.test, index, tiny.n_items))
-        alone = torch.cat([model(collate_examples(tiny.test, [i], tiny.n_items)) for i in index[:20]])
-        shuffled = model(collate_examples(tiny.test, index[::-1].copy(), tiny.n_items)).flip(0)
-    torch.testing.assert_close(together[:20], alone, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(together, shuffled, atol=1e-5, rtol=1e-5)
+    assert_batching_invariant(stamp(tiny.n_items)[0], tiny.test, tiny.n_items)
 
 
 def test_gradients_reach_every_parameter(tiny):
-    model, _ = stamp(tiny.n_items)
-    model.train()
-    loss, _ = model.loss(collate_examples(tiny.train, np.arange(200), tiny.n_items))
-    loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert_gradients_reach_every_parameter(stamp(tiny.n_items)[0], tiny.train, tiny.n_items)
 
 
 def test_weight_groups_cover_every_linear(tiny):

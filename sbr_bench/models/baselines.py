@@ -227,7 +227,8 @@ def dense_scores(scores: sp.spmatrix, batch, n_items: int, out: Tensor | None = 
 
 @dataclass(frozen=True)
 class SKNNConfig:
-    """session-rec's ContextKNN defaults: the 100 most similar of the 500 most recent candidate sessions."""
+    """session-rec's configuration of ContextKNN (its class defaults differ: 1000 candidates, jaccard): the
+    100 most similar (cosine) of the 500 most recent candidate sessions."""
 
     k: int = 100
     sample_size: int = 500
@@ -246,8 +247,8 @@ SPECS = {
     "sknn": BaselineSpec(
         build=lambda n_items, cfg: SessionKNN(n_items, cfg["k"], cfg["sample_size"], cfg["similarity"]),
         defaults=SKNNConfig(),
-        # session-rec's tuning ranges for neighbours and candidate sessions (Ludewig et al. 2021).
-        space={"k": space.Choice((50, 100, 200, 500, 1000)), "sample_size": space.Choice((500, 1000, 2500, 5000, 10000)),
+        # session-rec's tuning ranges (its conf/ `params_opt`; Ludewig et al. 2021).
+        space={"k": space.Choice((50, 100, 500, 1000, 1500)), "sample_size": space.Choice((500, 1000, 2500, 5000, 10000)),
                "similarity": space.Choice(SessionKNN.SIMILARITIES)},
         doc="session kNN (session-rec ContextKNN): cosine on item sets, 500 most recent candidates, top 100",
     ),

@@ -141,8 +141,8 @@ SPECS = {
     "sr": BaselineSpec(
         build=lambda n_items, cfg: SequentialRules(n_items, cfg["steps"], cfg["weighting"], cfg["pruning"]),
         defaults=SRConfig(),
-        # session-rec's tuning ranges (Ludewig et al. 2021).
-        space={"steps": space.Choice((2, 3, 5, 10, 15, 20)), "weighting": space.Choice(tuple(WEIGHTINGS)),
+        # session-rec's tuning ranges (its conf/ `params_opt`) for steps and weighting.
+        space={"steps": space.Int(1, 20), "weighting": space.Choice(tuple(WEIGHTINGS)),
                "pruning": space.Choice((0, 10, 20, 50))},
         doc="sequential rules (session-rec SR): rules a -> b for b up to 10 clicks after a, weights 1/distance",
     ),

@@ -51,7 +51,7 @@ SPECS = {
     "sfsknn": BaselineSpec(
         build=lambda n_items, cfg: SequenceFilterKNN(n_items, cfg["k"], cfg["sample_size"], cfg["similarity"]),
         defaults=SFSKNNConfig(),
-        space={"k": space.Choice((50, 100, 200, 500, 1000)), "sample_size": space.Choice((500, 1000, 2500, 5000, 10000)),
+        space={"k": space.Choice((50, 100, 500, 1000, 1500)), "sample_size": space.Choice((500, 1000, 2500, 5000, 10000)),
                "similarity": space.Choice(SequenceFilterKNN.SIMILARITIES)},
         doc="SF-SKNN: session kNN recommending only items that directly followed the last click in training",
     ),

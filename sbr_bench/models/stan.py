@@ -142,16 +142,16 @@ class VSTANConfig(STANConfig):
     lambda_idf: float = 5.0
 
 
-DECAY = space.Float(0.25, 8.0, log=True)
-SPACE = {"k": space.Choice((50, 100, 200, 500, 1000)), "sample_size": space.Choice((1000, 2500, 5000, 10000)),
-         "lambda_spw": DECAY, "lambda_snh": space.Float(0.5, 100.0, log=True), "lambda_inh": DECAY}
+# session-rec's tuning ranges (its conf/ `params_opt`), the decays as ranges over its grids' spans.
+DECAY = space.Float(1e-5, 7.24, log=True)
+SPACE = {"k": space.Choice((100, 200, 500, 1000, 1500, 2000)), "sample_size": space.Choice((1000, 2500, 5000, 10000)),
+         "lambda_spw": DECAY, "lambda_snh": space.Float(2.5, 100.0, log=True), "lambda_inh": DECAY}
 
 SPECS = {
     "stan": BaselineSpec(
         build=lambda n_items, cfg: STAN(n_items, cfg["k"], cfg["sample_size"], cfg["lambda_spw"], cfg["lambda_snh"],
                                         cfg["lambda_inh"], cfg["remind"]),
         defaults=STANConfig(),
-        # Around the STAN paper's and session-rec's values (λ_spw and λ_inh near the mean session length).
         space=SPACE,
         doc="STAN (SIGIR'19): session kNN with prefix-position, session-time and neighbour-position decays",
     ),

@@ -176,8 +176,8 @@ SPECS = {
         build=lambda n_items, cfg: VSKNN(n_items, cfg["k"], cfg["sample_size"], cfg["similarity"], cfg["weighting"],
                                          cfg["weighting_score"], cfg["remind"]),
         defaults=VSKNNConfig(),
-        # session-rec's tuning ranges (Ludewig et al. 2021).
-        space={"k": space.Choice((50, 100, 200, 500, 1000)), "sample_size": space.Choice((500, 1000, 2500, 5000, 10000)),
+        # session-rec's tuning ranges (its conf/ `params_opt`; Ludewig et al. 2021).
+        space={"k": space.Choice((50, 100, 500, 1000, 1500)), "sample_size": space.Choice((500, 1000, 2500, 5000, 10000)),
                "similarity": space.Choice(VSKNN.SIMILARITIES), "weighting": space.Choice(tuple(PREFIX_WEIGHTS)),
                "weighting_score": space.Choice(tuple(STEP_DECAYS)), "remind": space.Choice((True, False))},
         doc="V-SKNN (session-rec VMContextKNN): session kNN with position-decayed prefix weights and vote decay",
