@@ -37,6 +37,7 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median")
 OPTUNA_INSTALL_HINT = "pip install -e '.[tune]'"
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+MAX_REPEATS = 20  # proposals in a row of tried configurations after which a time-budgeted study stops
 
 
 @dataclass
@@ -83,8 +84,9 @@ class Tuning:
             raise ConfigError("tune.patience", "must be 0 (no early stopping) or more", self.patience)
         from .models.space import parse
 
-        self.space = {name: parse(name, table) if isinstance(table, dict) else table
-                      for name, table in self.space.items()}
+        if not 0 <= self.study_seed < 2**32:
+            raise ConfigError("tune.study_seed", "must lie in 0 .. 2**32 - 1", self.study_seed)
+        self.space = {name: parse(name, table) for name, table in self.space.items()}
 
     # --- files ------------------------------------------------------------------------------------
     @classmethod
@@ -189,7 +191,7 @@ class Tuning:
             "budget": self.budget, "budget_hours": self.budget_hours, "objective": f"valid {OBJECTIVE}",
             "sampler": sampler_settings(self.sampler, self.study_seed), "pruner": pruner_settings(self.pruner),
             "patience": self.patience, "trial_seed": 0, "train_defaults": self.train_defaults,
-            "storage": _shown_url(self.storage) if self.storage else None,
+            "storage": _shown_url(absolute_sqlite(self.storage)) if self.storage else None,
         }
         run_id = self.experiment.run_id or "tune-" + new_run_id({k: record[k] for k in ("models", "cfg", "spaces")})
         return TuneFolder.create(self.experiment.runs_dir, run_id, record, self.to_toml()), record
@@ -293,6 +295,14 @@ def make_pruner(optuna, settings: dict):
     return optuna.pruners.NopPruner()
 
 
+def absolute_sqlite(url: str) -> str:
+    """A relative SQLite URL made absolute, so that a resume from another folder finds the same file."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str(Path(url[len(prefix):]).resolve())
+    return url
+
+
 def _shown_url(url: str) -> str:
     """A storage URL as recorded: the password hidden."""
     try:
@@ -342,7 +352,22 @@ def remaining(study, record: dict) -> tuple[int | None, float | None]:
     return trials, seconds
 
 
-def close_interrupted(optuna, study, retry: bool) -> list[int]:
+def check_study_exists(optuna, folder: TuneFolder, url: str, model: str) -> None:
+    """On resume, the study of a model that already has trials must be in the storage: otherwise (a moved
+    or deleted database, another --storage) a new study would silently start from scratch."""
+    summary = folder.path / SUMMARY_FILE
+    if not summary.exists():
+        return
+    from .io import read_json
+
+    entry = read_json(summary).get("models", {}).get(model, {})
+    if entry.get("trials") and study_name(folder.run_id, model) not in optuna.get_all_study_names(
+            storage=make_storage(optuna, url)):
+        raise ConfigError("tune.storage", f"the study of {model} ({entry['trials']} trials so far) is not in "
+                          f"{_shown_url(url)}; give the database it is in with --storage", _shown_url(url))
+
+
+def close_interrupted(optuna, study, folder: TuneFolder, retry: bool) -> list[int]:
     """Mark the trials left running (their process is gone: the tune folder's lock is ours) as failed
     and interrupted; with `retry`, queue each one's parameters again. Returns their numbers."""
     numbers = []
@@ -352,6 +377,8 @@ def close_interrupted(optuna, study, retry: bool) -> list[int]:
         if retry:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **(
                 {"defaults": True} if trial.user_attrs.get("defaults") else {})})
+        if "folder" in trial.user_attrs:  # the killed trial's weights are of no use
+            (folder.path / trial.user_attrs["folder"] / "checkpoint.pt").unlink(missing_ok=True)
         numbers.append(trial.number)
     return numbers
 
@@ -470,7 +497,10 @@ def resume_tuning(ref, runs_dir="runs", storage: str | None = None, progress: bo
 # --- the steps --------------------------------------------------------------------------------------
 
 def _go(folder: TuneFolder, record: dict, storage, optuna, progress, engine, engine_options, train) -> TuneResults:
-    url = folder.storage_url(record, storage)
+    url = folder.storage_url(record, storage and absolute_sqlite(storage))
+    if engine == "ray" and record["pruner"]["name"] != "none":
+        raise ConfigError("tune.pruner", "this tuning prunes trials, which runs with the local engine only",
+                          record["pruner"]["name"])
     try:
         _tune_models(folder, record, url, optuna, engine, engine_options)
         summary = _write_summary(folder, record, optuna, url)
@@ -490,18 +520,23 @@ def _tune_models(folder: TuneFolder, record: dict, url: str, optuna, engine: str
         if not space:
             print(f"[tune {model}] no parameters to tune: its defaults are its tuned configuration", flush=True)
             continue
+        check_study_exists(optuna, folder, url, model)
         study = open_study(optuna, url, folder.run_id, model, record)
-        again = close_interrupted(optuna, study, retry=True)
+        again = close_interrupted(optuna, study, folder, retry=True)
         if again:
             print(f"[tune {model}] trial(s) {', '.join(map(str, again))} were interrupted: run again", flush=True)
-        if not study.get_trials(deepcopy=False):  # the first trial: the model's own values (those in the space)
-            defaults = {k: record["cfg"][model][k] for k, dist in space.items() if dist.contains(record["cfg"][model][k])}
-            study.enqueue_trial(defaults, user_attrs={"defaults": True})
+        defaults = {k: record["cfg"][model][k] for k in space}
+        if not study.get_trials(deepcopy=False):  # the first trial: the model's own configuration
+            if all(space[k].contains(v) for k, v in defaults.items()):
+                study.enqueue_trial(defaults, user_attrs={"defaults": True})
+            else:
+                print(f"[tune {model}] its defaults lie outside the search space: the first trial is sampled too",
+                      flush=True)
         if engine == "ray":
             from .tuning_ray import tune_ray
 
             tune_ray(folder, model, space, record, url, optuna, **engine_options)
-            close_interrupted(optuna, study, retry=False)  # trials Ray stopped at the time budget
+            close_interrupted(optuna, study, folder, retry=False)  # trials Ray stopped at the time budget
         else:
             _tune_local(folder, model, study, space, record, optuna)
         _write_summary(folder, record, optuna, url)
@@ -523,9 +558,14 @@ class Pruning(Callback):
 def _tune_local(folder: TuneFolder, model: str, study, space: dict, record: dict, optuna) -> None:
     from .training import TrainingFailed
 
+    repeats = 0
     while True:
         trials, seconds = remaining(study, record)
         if trials == 0 or seconds == 0:
+            return
+        if repeats >= MAX_REPEATS:  # a time budget over a small finite space: every configuration was tried
+            print(f"[tune {model}] {MAX_REPEATS} proposals in a row repeated tried configurations: stopping",
+                  flush=True)
             return
         trial = study.ask()
         params = {key: dist.suggest(trial, key) for key, dist in space.items()}
@@ -535,8 +575,10 @@ def _tune_local(folder: TuneFolder, model: str, study, space: dict, record: dict
         if same is not None:  # trials train with one seed: the same parameters give the same value
             trial.set_user_attr("same_as", same.number)
             study.tell(trial, same.value)
+            repeats += 1
             print(f"{label} the parameters of trial {same.number} again: its value, without training", flush=True)
             continue
+        repeats = 0
         trial.set_user_attr("folder", str(folder.trial_path(model, trial.number).relative_to(folder.path)))
         try:
             result = run_trial(str(folder.path), model, str(trial.number), params, record["device"],

@@ -242,6 +242,8 @@ def test_kill_9_mid_trial_then_resume_retries_that_trial_once(tmp_path):
     (["--models", "sknn", "--budget", "2", "--engine", "ray", "--pruner", "median"], "--pruner median: pruning runs"),
     (["--resume", "nothere"], "--resume nothere: no tuning found"),
     (["--resume", "nothere", "--budget", "3"], "drop --budget"),
+    (["--models", "sknn", "--budget", "2", "--study-seed", "-1"], "--study-seed -1: must lie in 0 .. 2**32 - 1"),
+    (["--models", "sknn", "--budget", "2", "--address", "auto"], "--address and --max-concurrent apply to --engine ray"),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, args, words):
     assert main(tune_args(tmp_path, *args)) == 2
@@ -303,3 +305,35 @@ def test_the_caption_warns_when_budgets_differ():
     summary["models"]["narm"]["trials"] = 4
     record["cfg"]["narm"]["patience"] = 3
     assert "Budgets differ" not in " ".join(_caption(record, summary))
+
+
+def test_a_space_that_is_not_a_table_is_one_error():
+    with pytest.raises(ConfigError) as e:
+        Tuning(Experiment(models="srgnn"), budget=2, space={"srgnn": [1, 2]})
+    assert e.value.key == "tune.space.srgnn"
+
+
+def test_a_time_budget_over_a_small_space_stops_when_every_configuration_was_tried(tmp_path):
+    from sbr_bench.tuning import MAX_REPEATS
+
+    start = time.time()
+    assert main(tune_args(tmp_path, "--models", "ar", "--budget-hours", "1", "--run-id", "f", "--tune-only")) == 0
+    entry = read_json(tmp_path / "runs" / "f" / "tuning.json")["models"]["ar"]
+    assert 4 <= entry["trials"] <= 4 + MAX_REPEATS and time.time() - start < 120  # four pruning values
+    assert len({t["params"]["pruning"] for t in entry["history"]}) == 4
+
+
+def test_resume_refuses_a_storage_without_the_study(tmp_path, capsys):
+    assert main(tune_args(tmp_path, "--models", "sknn", "--budget", "2", "--run-id", "m", "--tune-only")) == 0
+    (tmp_path / "runs" / "m" / "study.db").unlink()  # e.g. a moved database
+    assert main(tune_args(tmp_path, "--resume", "m")) == 2
+    assert "the study of sknn (2 trials so far) is not in" in capsys.readouterr().err
+
+
+def test_relative_sqlite_urls_are_recorded_absolute(tmp_path, monkeypatch):
+    from sbr_bench.tuning import absolute_sqlite
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_sqlite("sqlite:///rel.db") == f"sqlite:///{tmp_path / 'rel.db'}"
+    assert absolute_sqlite("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert absolute_sqlite("postgresql://host/db") == "postgresql://host/db"

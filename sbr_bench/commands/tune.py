@@ -27,9 +27,9 @@ Engines: local runs trials one after another; ray runs them as Ray Tune trials (
 --cpus-per-trial, --gpus-per-trial, --max-concurrent), Optuna's sampler proposing them from the same storage.
 """
 
-FIXED_ON_RESUME = ("config", "models", "dataset", "seeds", "seed_list", "epochs", "batch_size", "selection", "set",
-                   "run_id", "budget", "budget_hours", "sampler", "pruner", "study_seed", "patience", "valid_fraction",
-                   "protocol", "protocol_param")
+FIXED_ON_RESUME = ("config", "models", "dataset", "data_dir", "seeds", "seed_list", "epochs", "batch_size", "selection",
+                   "set", "run_id", "budget", "budget_hours", "sampler", "pruner", "study_seed", "patience",
+                   "valid_fraction", "protocol", "protocol_param", "device")
 
 
 def add_arguments(p) -> None:
@@ -97,6 +97,10 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError(f"--max-concurrent {args.max_concurrent}: need at least one trial at a time")
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        raise UserError("--cpus-per-trial must be more than 0 and --gpus-per-trial at least 0")
+    if args.engine != "ray" and (args.address or args.max_concurrent):
+        raise UserError("--address and --max-concurrent apply to --engine ray only")
     engine_options = {}
     if args.engine == "ray":
         engine_options = dict(address=args.address, cpus_per_trial=args.cpus_per_trial,
@@ -104,6 +108,7 @@ def main(args) -> int:
     progress, train = not args.no_progress, not args.tune_only
     if args.resume:
         given = [f"--{key.replace('_', '-')}" for key in FIXED_ON_RESUME if getattr(args, key, None) not in (None, [])]
+        given += ["--no-defaults"] if args.no_defaults else []
         if given:
             raise UserError(f"--resume continues a tuning with its recorded settings; drop {', '.join(given)}")
         results = resume_tuning(args.resume, args.runs_dir or "runs", args.storage, progress, args.engine, train,

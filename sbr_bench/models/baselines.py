@@ -150,9 +150,9 @@ class SessionKNN(CountingBaseline):
             self.recency_order = np.arange(n)  # every supported layout stores sessions in time order
         else:
             self.recency_order = np.argsort(sessions.end_time, kind="stable")
-        rank_of_session = np.empty(n, dtype=np.int64)
-        rank_of_session[self.recency_order] = np.arange(n)
-        rows = np.repeat(rank_of_session, sessions.lengths)
+        self.rank_of_session = np.empty(n, dtype=np.int64)
+        self.rank_of_session[self.recency_order] = np.arange(n)
+        rows = np.repeat(self.rank_of_session, sessions.lengths)
         m = sp.csr_matrix((np.ones(len(items)), (rows, items)), shape=(n, self.n_items + 1))
         m.sum_duplicates()
         m.data[:] = 1.0  # binary item sets

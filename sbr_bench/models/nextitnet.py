@@ -96,9 +96,11 @@ class LastStateReadout(Readout):
 
 @dataclass(frozen=True)
 class NextItNetConfig(TrainConfig):
-    """NextItNet (RecBole's configuration): d = 64, kernel 3, 5 x dilations (1, 4), L2 1e-5."""
+    """NextItNet (RecBole's configuration): d = 64, kernel 3, 5 x dilations (1, 4), L2 1e-5, no learning-rate
+    decay."""
 
     dim: int = 64
+    lr_decay: float = 1.0
     kernel_size: int = 3
     blocks: int = 5
     dilations: str = "1,4"

@@ -86,7 +86,6 @@ class STAN(PrefixVectorKNN):
         scores.sum_duplicates()
         return dense_scores(scores if self.remind else self.without_prefix_items(scores, batch), batch, self.n_items, out)
 
-
     def adjust(self, value, item, gap):
         """Further decays of a vote for `item` (V-STAN's); `gap`: clicks between the prefix's end and its
         last item shared with the voting session."""
@@ -110,8 +109,8 @@ class VSTAN(STAN):
     def fit(self, train):
         super().fit(train)
         clicks = np.bincount(training_clicks(train, self.n_items), minlength=self.n_items + 1).astype(np.float64)
-        with np.errstate(divide="ignore"):  # items never clicked in training never get a vote
-            self.idf = np.where(clicks > 0, np.log(len(train.sessions) / np.maximum(clicks, 1)), 0.0)
+        # (items never clicked in training never get a vote: their 0 is never used)
+        self.idf = np.where(clicks > 0, np.log(len(train.sessions) / np.maximum(clicks, 1)), 0.0)
         return self
 
     def adjust(self, value, item, gap):

@@ -72,9 +72,7 @@ class PrefixVectorKNN(SessionKNN):
         items = training_clicks(train, self.n_items)
         lengths = train.sessions.lengths
         position = np.arange(len(items)) - np.repeat(train.sessions.offsets[:-1], lengths) + 1
-        rank_of_session = np.empty(len(lengths), dtype=np.int64)
-        rank_of_session[self.recency_order] = np.arange(len(lengths))
-        key = np.repeat(rank_of_session, lengths) * (self.n_items + 1) + items
+        key = np.repeat(self.rank_of_session, lengths) * (self.n_items + 1) + items
         order = np.lexsort((-position, key))
         key, position = key[order], position[order]
         first = np.concatenate([[True], key[1:] != key[:-1]])

@@ -12,7 +12,7 @@ import pandas as pd
 from ..io import read_json, write_text
 from ..models.registry import TABLE2_ORDER
 from ..runs import HEADLINE, RunDir, collect_results, format_cell, selection_caption
-from ..tuning import OBJECTIVE, SUMMARY_FILE, TUNE_RECORD, params_text
+from ..tuning import OBJECTIVE, SUMMARY_FILE, TUNE_RECORD, params_text, study_name
 from .figures import _save
 from .tables import to_markdown
 
@@ -102,7 +102,7 @@ def _plots(folder: Path, record: dict, summary: dict, out: Path) -> list[str]:
         if not entry["tuned"] or not entry["complete"]:
             continue
         try:
-            study = optuna.load_study(study_name=f"{folder.name}/{model}", storage=url)
+            study = optuna.load_study(study_name=study_name(folder.name, model), storage=url)
         except Exception as e:  # noqa: BLE001 - a moved or unreachable database: say so, keep the report
             parts.append(f"Plots of {model}: the study cannot be read from {url} ({type(e).__name__}).\n")
             continue
