@@ -110,14 +110,21 @@ def _plots(folder: Path, record: dict, summary: dict, out: Path) -> list[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
             ax = plots.plot_optimization_history(study, target_name=f"validation {OBJECTIVE}")
-            ax.set_title(f"{model}: optimisation history")
+            _title(ax, f"{model}: optimisation history")
             made.append(_save(ax.figure, out, f"tuning_{folder.name}_{model}_history"))
             if entry["complete"] >= 2 and len(study.best_params) > 0:
                 try:
                     ax = plots.plot_param_importances(study)
-                    ax.set_title(f"{model}: parameter importances (fANOVA)")
+                    _title(ax, f"{model}: parameter importances (fANOVA)")
                     made.append(_save(ax.figure, out, f"tuning_{folder.name}_{model}_importance"))
                 except (RuntimeError, ValueError) as e:  # e.g. every trial with the same parameters
                     parts.append(f"Importances of {model}: not computable ({e}).\n")
         parts.append(" ".join(f"![{model}]({stem}.png)" for stem in made) + "\n")
     return parts
+
+
+def _title(ax, text: str) -> None:
+    """Our title in place of Optuna's (which it puts at the left or the centre)."""
+    for loc in ("left", "right"):
+        ax.set_title("", loc=loc)
+    ax.set_title(text)
