@@ -16,8 +16,8 @@ model_overrides; see docs/guide.md); the options given on the command line overr
 the experiment it ran (its models resolved) to runs/<run-id>/experiment.toml: `--config` of
 that file runs the same experiment again.
 Epochs: --epochs N sets every model's epochs; without it each model uses its own default (--set epochs=N
-also works), capped at 5 on the built-in synthetic datasets, where all ten models take about 2 minutes on
-2 idle CPU cores.
+also works), capped at 5 on the built-in synthetic datasets, where `--models all` (13 models) takes about
+4.5 minutes on 2 idle CPU cores.
 Selection (--selection): refit (default) chooses the number of epochs on validation MRR@20 (early stopping
 with the model's patience), then trains the model again from scratch, same seed, on train + validation for
 that many epochs and evaluates the test split once; baselines are fitted on train + validation for the
