@@ -176,18 +176,21 @@ class SessionKNN(CountingBaseline):
         q.data[:] = 1.0
         return q
 
+    def candidates_of(self, q: sp.csr_matrix) -> sp.csr_matrix:
+        """[B, sessions] overlaps |P ∩ S| of the binary prefix sets `q` with the `sample_size` most recent
+        sessions sharing an item with each prefix. Exact after the per-item truncation too: a kept
+        candidate is among the `sample_size` most recent sessions of the union, hence of every prefix item
+        it contains, so none of its shared items was truncated away."""
+        candidates = (q @ self.item_sessions).tocsr()
+        candidates.sort_indices()
+        return _keep_last_per_row(candidates, self.sample_size) if self.sample_size else candidates
+
     def neighbours(self, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-k neighbours per example: (example row, recency rank of the training session, similarity),
         sorted by row, then similarity descending, then recency descending."""
         self._check_fitted()
         q = self._prefix_sets(batch)
-        # Entry (example, session) of the product = |P ∩ S|, the overlap. Exact after the per-item
-        # truncation too: a kept candidate is among the `sample_size` most recent sessions of the union,
-        # hence of every prefix item it contains, so none of its shared items was truncated away.
-        candidates = (q @ self.item_sessions).tocsr()
-        candidates.sort_indices()
-        if self.sample_size:
-            candidates = _keep_last_per_row(candidates, self.sample_size)
+        candidates = self.candidates_of(q)
         per_row = np.diff(candidates.indptr)
         row = np.repeat(np.arange(batch.num_graphs, dtype=np.int64), per_row)
         sess, overlap = candidates.indices.astype(np.int64), candidates.data

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import space
-from .baselines import SessionKNN, _keep_last_per_row, dense_scores, training_clicks
+from .baselines import SessionKNN, dense_scores, training_clicks
 from .registry import BaselineSpec
 
 PREFIX_WEIGHTS = {
@@ -82,10 +82,7 @@ class PrefixVectorKNN(SessionKNN):
     def candidates(self, batch, example, item) -> tuple[np.ndarray, np.ndarray]:
         """(example, session row) of the `sample_size` most recent sessions sharing an item with each prefix."""
         q = sp.csr_matrix((np.ones(len(item)), (example, item)), shape=(batch.num_graphs, self.n_items + 1))
-        found = (q @ self.item_sessions).tocsr()
-        found.sort_indices()
-        if self.sample_size:
-            found = _keep_last_per_row(found, self.sample_size)
+        found = self.candidates_of(q)
         return np.repeat(np.arange(batch.num_graphs, dtype=np.int64), np.diff(found.indptr)), found.indices.astype(np.int64)
 
     def shared(self, row, sess, example, item, n_examples: int):
