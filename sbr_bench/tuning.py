@@ -267,8 +267,7 @@ def import_optuna():
     try:
         import optuna
     except ImportError:
-        raise ConfigError("engine", f"Optuna is not installed; install the extra with `{OPTUNA_INSTALL_HINT}`",
-                          "tune") from None
+        raise UserError(f"Optuna is not installed; install the extra with `{OPTUNA_INSTALL_HINT}`") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 

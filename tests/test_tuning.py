@@ -337,3 +337,9 @@ def test_relative_sqlite_urls_are_recorded_absolute(tmp_path, monkeypatch):
     assert absolute_sqlite("sqlite:///rel.db") == f"sqlite:///{tmp_path / 'rel.db'}"
     assert absolute_sqlite("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
     assert absolute_sqlite("postgresql://host/db") == "postgresql://host/db"
+
+
+def test_without_optuna_tune_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    assert main(tune_args(tmp_path, "--models", "sknn", "--budget", "2")) == 2
+    assert "Optuna is not installed; install the extra with `pip install -e '.[tune]'`" in capsys.readouterr().err
