@@ -31,7 +31,7 @@ DEFAULT_EPOCH_CAPS = {"synthetic": 5}
 SYNTHETIC_SETTINGS = {"sbr_bench.models.attenmixer": ({"dim": 64}, "Atten-Mixer models at d = 64 (at d = 256 "
                                                                    "they peak after one epoch on this data)")}
 DEFAULT_CHECKPOINT_EVERY = 1000
-EXPERIMENT_FILE = "experiment.toml"
+EXPERIMENT_FILE = "experiment.toml"  # = RunDir.TOML
 
 
 @dataclass
@@ -473,16 +473,17 @@ def _load_in_turn(spec: dict):
     return found[0] if found else load_dataset(spec)
 
 
-def create_run_dir(runs_dir, run_id: str, config: dict, experiment_toml: str):
-    """A new run folder with config.json, env.json and experiment.toml, holding its lock (released if a
-    write fails)."""
+def create_run_dir(runs_dir, run_id: str, config: dict, experiment_toml: str, kind=None):
+    """A new run folder (a `RunDir`, or the subclass `kind`) with its record (config.json), env.json and
+    experiment file (experiment.toml), holding its lock (released if a write fails)."""
     from .env import environment
     from .io import write_text
     from .runs import RunDir
 
-    run_dir = RunDir.create(runs_dir, run_id, config, environment(), lock=True)
+    kind = kind or RunDir
+    run_dir = kind.create(runs_dir, run_id, config, environment(), lock=True)
     try:
-        write_text(run_dir.path / EXPERIMENT_FILE, experiment_toml)
+        write_text(run_dir.path / kind.TOML, experiment_toml)
     except BaseException:
         run_dir.unlock()
         raise

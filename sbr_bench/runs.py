@@ -260,7 +260,8 @@ class RunDir:
     def run_id(self) -> str:
         return self.path.name
 
-    config_path = property(lambda self: self.path / "config.json")
+    RECORD, TOML = "config.json", "experiment.toml"  # the folder's settings, and the experiment file that made it
+    config_path = property(lambda self: self.path / self.RECORD)
     env_path = property(lambda self: self.path / "env.json")
     results_path = property(lambda self: self.path / "results.json")
     results_md_path = property(lambda self: self.path / "results.md")
@@ -282,7 +283,7 @@ class RunDir:
                                   run_id)
             leftovers = [p.name for p in run.path.iterdir() if p.name != ".lock"] if run.path.is_dir() else []
             if leftovers:  # a fresh run must not adopt (and resume) whatever units lie there
-                raise ConfigError("run_id", f"{run.path} already holds files but no config.json "
+                raise ConfigError("run_id", f"{run.path} already holds files but no {cls.RECORD} "
                                   f"({', '.join(sorted(leftovers)[:3])}{', ...' if len(leftovers) > 3 else ''}); "
                                   "remove it or choose another id", run_id)
             write_json(run.config_path, config)

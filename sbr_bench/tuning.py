@@ -28,8 +28,9 @@ from pathlib import Path
 
 from .callbacks import Callback
 from .errors import ConfigError, UserError
-from .experiment import Experiment, from_file, toml_text
+from .experiment import Experiment, create_run_dir, from_file, toml_text
 from .models.config import validate
+from .runs import RunDir
 
 OBJECTIVE = "MRR@20"  # validation MRR@20, the metric every run selects epochs on
 TUNE_FILE, TUNE_RECORD, SUMMARY_FILE = "tune.toml", "tune.json", "tuning.json"
@@ -194,59 +195,20 @@ class Tuning:
             "storage": _shown_url(absolute_sqlite(self.storage)) if self.storage else None,
         }
         run_id = self.experiment.run_id or "tune-" + new_run_id({k: record[k] for k in ("models", "cfg", "spaces")})
-        return TuneFolder.create(self.experiment.runs_dir, run_id, record, self.to_toml()), record
+        header = "# The tuning of this folder: `sbr-bench tune --config tune.toml` tunes again, into a new folder.\n"
+        return create_run_dir(self.experiment.runs_dir, run_id, record, header + self.to_toml(), TuneFolder), record
 
 
-class TuneFolder:
-    """`runs/<id>/` of a tuning (see the module docstring), locked while this process works in it."""
+class TuneFolder(RunDir):
+    """`runs/<id>/` of a tuning (see the module docstring): a run folder whose record is tune.json and whose
+    experiment file is tune.toml, locked while a process works in it."""
 
-    def __init__(self, path):
-        self.path = Path(path)
-        self._lock = None
-
-    @classmethod
-    def create(cls, runs_dir, run_id: str, record: dict, tune_toml: str) -> "TuneFolder":
-        """A new tune folder with tune.json, env.json and tune.toml, holding its lock."""
-        from .env import environment
-        from .io import write_json, write_text
-        from .runs import check_run_id
-
-        folder = cls(Path(runs_dir) / check_run_id(run_id))
-        if folder.path.exists() and not folder.path.is_dir():
-            raise ConfigError("run_id", f"{folder.path} exists and is not a folder", run_id)
-        folder.lock(f"tune {run_id}")
-        try:
-            if any(p.name != ".lock" for p in folder.path.iterdir()):
-                raise ConfigError("run_id", f"{folder.path} already exists; resume that tuning or choose another "
-                                  "id", run_id)
-            write_json(folder.path / TUNE_RECORD, record)
-            write_json(folder.path / "env.json", environment())
-            write_text(folder.path / TUNE_FILE, "# The tuning of this folder: `sbr-bench tune --config tune.toml` "
-                       "tunes again, into a new folder.\n" + tune_toml)
-        except BaseException:
-            folder.unlock()
-            raise
-        return folder
-
-    @property
-    def run_id(self) -> str:
-        return self.path.name
+    RECORD, TOML = TUNE_RECORD, TUNE_FILE
 
     def record(self) -> dict:
         from .runs import read_record
 
-        return read_record(self.path / TUNE_RECORD, "the tuning's settings are lost; start a new tuning")
-
-    def lock(self, what: str) -> "TuneFolder":
-        from .lock import FolderLock
-
-        self._lock = self._lock or FolderLock(self.path)
-        self._lock.acquire(what)
-        return self
-
-    def unlock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
+        return read_record(self.config_path, "the tuning's settings are lost; start a new tuning")
 
     def trial_path(self, model: str, key) -> Path:
         return self.path / "trials" / model / str(key)
@@ -334,8 +296,11 @@ def open_study(optuna, url: str, run_id: str, model: str, record: dict):
 
 def counted(study) -> list:
     """The trials that used the budget: finished ones, not those a killed process left behind."""
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.state.name in FINISHED and not t.user_attrs.get("interrupted")]
+    return used(study.get_trials(deepcopy=False))
+
+
+def used(trials) -> list:
+    return [t for t in trials if t.state.name in FINISHED and not t.user_attrs.get("interrupted")]
 
 
 def hours_spent(trials) -> float:
@@ -501,8 +466,7 @@ def _go(folder: TuneFolder, record: dict, storage, optuna, progress, engine, eng
         raise ConfigError("tune.pruner", "this tuning prunes trials, which runs with the local engine only",
                           record["pruner"]["name"])
     try:
-        _tune_models(folder, record, url, optuna, engine, engine_options)
-        summary = _write_summary(folder, record, optuna, url)
+        summary = _tune_models(folder, record, url, optuna, engine, engine_options)
         if train:
             _train_final(folder, record, summary, progress)
     except KeyboardInterrupt:
@@ -511,16 +475,18 @@ def _go(folder: TuneFolder, record: dict, storage, optuna, progress, engine, eng
     return TuneResults(folder.path)
 
 
-def _tune_models(folder: TuneFolder, record: dict, url: str, optuna, engine: str, engine_options: dict) -> None:
+def _tune_models(folder: TuneFolder, record: dict, url: str, optuna, engine: str, engine_options: dict) -> dict:
+    """Fill every model's budget, one model after the other; returns the summary (tuning.json, written
+    after each model)."""
     from .models.space import parse
 
-    for model in record["models"]:
-        space = parse(model, record["spaces"][model])
+    spaces, studies, summary = {model: parse(model, record["spaces"][model]) for model in record["models"]}, {}, None
+    for model, space in spaces.items():
         if not space:
             print(f"[tune {model}] no parameters to tune: its defaults are its tuned configuration", flush=True)
             continue
         check_study_exists(optuna, folder, url, model)
-        study = open_study(optuna, url, folder.run_id, model, record)
+        study = studies[model] = open_study(optuna, url, folder.run_id, model, record)
         again = close_interrupted(optuna, study, folder, retry=True)
         if again:
             print(f"[tune {model}] trial(s) {', '.join(map(str, again))} were interrupted: run again", flush=True)
@@ -534,11 +500,12 @@ def _tune_models(folder: TuneFolder, record: dict, url: str, optuna, engine: str
         if engine == "ray":
             from .tuning_ray import tune_ray
 
-            tune_ray(folder, model, space, record, url, optuna, **engine_options)
+            tune_ray(folder, model, study, space, record, url, optuna, **engine_options)
             close_interrupted(optuna, study, folder, retry=False)  # trials Ray stopped at the time budget
         else:
             _tune_local(folder, model, study, space, record, optuna)
-        _write_summary(folder, record, optuna, url)
+        summary = _write_summary(folder, record, spaces, studies, url)
+    return summary or _write_summary(folder, record, spaces, studies, url)  # also when no model has a space
 
 
 class Pruning(Callback):
@@ -606,25 +573,26 @@ def params_text(params: dict) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def _write_summary(folder: TuneFolder, record: dict, optuna, url: str) -> dict:
-    """tuning.json: for each model, the budget it got, its best trial and every trial's outcome."""
+def _write_summary(folder: TuneFolder, record: dict, spaces: dict, studies: dict, url: str) -> dict:
+    """tuning.json: for each model, the budget it got, its best trial and every trial's outcome (a model
+    not reached yet with none)."""
     from .io import write_json
-    from .models.space import parse
 
     models = {}
     for model in record["models"]:
-        if not parse(model, record["spaces"][model]):
+        if not spaces[model]:
             models[model] = {"tuned": False, "trials": 0, "best_params": {}, "best_value": None, "hours": 0.0}
             continue
-        study = open_study(optuna, url, folder.run_id, model, record)
-        done = counted(study)
+        study = studies.get(model)
+        every = study.get_trials(deepcopy=False) if study is not None else []
+        done = used(every)
         complete = [t for t in done if t.state.name == "COMPLETE"]
         best = max(complete, key=lambda t: t.value, default=None)
         models[model] = {
             "tuned": True, "trials": len(done), "hours": hours_spent(done),
             "complete": len(complete), "pruned": sum(t.state.name == "PRUNED" for t in done),
             "failed": sum(t.state.name == "FAIL" for t in done),
-            "interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in study.get_trials(deepcopy=False)),
+            "interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in every),
             "best_value": best.value if best else None, "best_trial": best.number if best else None,
             "best_params": dict(best.params) if best else {},
             "defaults_value": next((t.value for t in complete if t.user_attrs.get("defaults")), None),
@@ -656,7 +624,7 @@ def _train_final(folder: TuneFolder, record: dict, summary: dict, progress: bool
         runs["defaults"] = base.replace(run_id="defaults")
     for run_id, experiment in runs.items():
         print(f"[tune] training the {run_id} configurations over {len(experiment.seeds)} seed(s)", flush=True)
-        if (folder.path / run_id / "config.json").exists():
+        if RunDir(folder.path / run_id).config_path.exists():
             resume(folder.path / run_id, progress=progress)
         else:
             experiment.run(progress, command=f"{record['command']}  # {run_id} configurations")

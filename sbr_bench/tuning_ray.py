@@ -28,9 +28,9 @@ class _Suggest:
             dist.suggest(trial, key)
 
 
-def tune_ray(folder, model: str, space: dict, record: dict, url: str, optuna, address: str | None = None,
+def tune_ray(folder, model: str, study, space: dict, record: dict, url: str, optuna, address: str | None = None,
              cpus_per_trial: float = 1, gpus_per_trial: float = 0, max_concurrent: int | None = None) -> None:
-    """Fill `model`'s budget with Ray Tune trials. A Ray instance already started (ray.init) is used as it
+    """Fill `model`'s budget (`study`, in the storage at `url`) with Ray Tune trials. A Ray instance already started (ray.init) is used as it
     is; otherwise connect to `address` or start a local one, and stop it at the end."""
     from .engines import import_ray
     from .tuning import make_sampler, make_storage, remaining, study_name
@@ -43,7 +43,6 @@ def tune_ray(folder, model: str, space: dict, record: dict, url: str, optuna, ad
     except ImportError:
         raise ConfigError("engine", "Ray Tune is not installed; install the extra with `pip install -e '.[ray]'`",
                           "ray") from None
-    study = optuna.load_study(study_name=study_name(folder.run_id, model), storage=make_storage(optuna, url))
     trials, seconds = remaining(study, record)
     if trials == 0 or seconds == 0:
         return
