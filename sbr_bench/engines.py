@@ -35,12 +35,14 @@ class Unit:
 
 
 def cached_dataset(spec: dict):
-    """(dataset, fingerprint) of a dataset spec (`DataConfig.spec`), loaded once per process."""
+    """(dataset, fingerprint) of a dataset spec (`DataConfig.spec`, or a run config's dataset record, which
+    adds what the data turned out to be), loaded once per process."""
     from .units import load_dataset
     from .runs import dataset_fingerprint
 
     spec = dict(spec, data_dir=str(Path(spec["data_dir"]).resolve()))  # one key for "datasets" and its path
-    key = json.dumps(spec, sort_keys=True, default=str)
+    key = json.dumps({k: spec.get(k) for k in ("name", "data_dir", "protocol", "valid_fraction", "params")},
+                     sort_keys=True, default=str)
     if key not in _DATASET:
         _DATASET.clear()
         dataset = load_dataset(spec)

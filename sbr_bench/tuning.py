@@ -180,7 +180,9 @@ class Tuning:
         from .models.space import as_toml
         from .runs import new_run_id
 
-        dataset = self.experiment.load_dataset()
+        from .engines import cached_dataset
+
+        dataset = cached_dataset(self.experiment.dataset.spec())[0]  # the trials of this process reuse it
         names = self.experiment.model_names(dataset)
         config = self.base_experiment(names).plan(dataset, command or "python: Tuning(...).run()")
         spaces = self.spaces(names)

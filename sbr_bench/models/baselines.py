@@ -52,6 +52,14 @@ def training_clicks(train: Split, n_items: int) -> np.ndarray:
     return items
 
 
+def clicks_in_order(train: Split, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every training click in scan order: (item, offset of its session's first click, its 0-based position
+    in its session)."""
+    items = training_clicks(train, n_items)
+    starts = np.repeat(train.sessions.offsets[:-1], train.sessions.lengths)
+    return items, starts, np.arange(len(items)) - starts
+
+
 class CountingBaseline(nn.Module):
     """Base: no trainable parameters, `fit` on the training split, scores [B, n_items]."""
 

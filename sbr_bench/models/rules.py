@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from ..data.sessions import Split
 from . import space
-from .baselines import CountingBaseline, dense_scores, training_clicks
+from .baselines import CountingBaseline, clicks_in_order, dense_scores
 from .registry import BaselineSpec
 
 WEIGHTINGS = {
@@ -35,14 +35,6 @@ WEIGHTINGS = {
     "log": lambda i: 1.0 / math.log10(i + 1.7),
     "quadratic": lambda i: 1.0 / (i * i),
 }
-
-
-def _session_positions(train: Split, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(items, session start of every click, click index within its session), in scan order."""
-    items = training_clicks(train, n_items)
-    lengths = train.sessions.lengths
-    starts = np.repeat(train.sessions.offsets[:-1], lengths)
-    return items, starts, np.arange(len(items)) - starts
 
 
 def _prune(source, target, weight, first_seen, n_items: int, keep: int) -> sp.csr_matrix:
@@ -88,7 +80,7 @@ class SequentialRules(RuleModel):
         self.steps, self.weighting, self.pruning = int(steps), weighting, int(pruning)
 
     def fit(self, train: Split) -> "SequentialRules":
-        items, _, index = _session_positions(train, self.n_items)
+        items, _, index = clicks_in_order(train, self.n_items)
         parts = []
         for i in range(1, self.steps + 1):  # rule (click j - i) -> (click j), seen at (j, i) in the scan
             at = np.nonzero(index >= i)[0]
@@ -108,7 +100,7 @@ class AssociationRules(RuleModel):
         self.pruning = int(pruning)
 
     def fit(self, train: Split) -> "AssociationRules":
-        items, starts, index = _session_positions(train, self.n_items)
+        items, starts, index = clicks_in_order(train, self.n_items)
         later = np.repeat(np.arange(len(items)), index)  # click j paired with every earlier click k
         earlier = starts[later] + (np.arange(len(later)) - np.repeat(np.cumsum(index) - index, index))
         # session-rec creates rule (k -> j) then (j -> k) when it reaches click j, in the order of k.

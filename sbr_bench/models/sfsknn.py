@@ -15,16 +15,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import space
-from .baselines import SessionKNN, dense_scores, training_clicks
+from .baselines import SessionKNN, clicks_in_order, dense_scores
 from .registry import BaselineSpec
 
 
 class SequenceFilterKNN(SessionKNN):
     def fit(self, train):
         super().fit(train)
-        items = training_clicks(train, self.n_items)
-        follows = np.diff(np.arange(len(items)) - np.repeat(train.sessions.offsets[:-1], train.sessions.lengths)) > 0
-        before, after = items[:-1][follows], items[1:][follows]  # consecutive clicks of one session
+        items, _, index = clicks_in_order(train, self.n_items)
+        follows = index[1:] > 0  # click j follows click j - 1 in the same session
+        before, after = items[:-1][follows], items[1:][follows]
         size = self.n_items + 1
         self.followed_by = sp.csr_matrix((np.ones(len(before)), (before, after)), shape=(size, size))
         self.followed_by.data[:] = 1.0

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import space
-from .baselines import SessionKNN, dense_scores, training_clicks
+from .baselines import SessionKNN, clicks_in_order, dense_scores
 from .registry import BaselineSpec
 
 PREFIX_WEIGHTS = {
@@ -53,13 +53,17 @@ def prefix_items(batch):
     item = batch.x[batch.alias].cpu().numpy()
     lengths = np.bincount(example, minlength=batch.num_graphs)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    position = np.arange(len(item)) - starts[example] + 1
-    key = example * (int(item.max(initial=0)) + 1) + item
-    order = np.lexsort((-position, key))  # per (example, item) the last position first
+    size = int(item.max(initial=0)) + 1
+    key, position = last_positions(example * size + item, np.arange(len(item)) - starts[example] + 1)
+    return key // size, key % size, position, lengths[key // size]
+
+
+def last_positions(key, position):
+    """Each distinct key once, sorted, with its largest position."""
+    order = np.lexsort((-position, key))
     key, position = key[order], position[order]
     first = np.concatenate([[True], key[1:] != key[:-1]])
-    example, item, position = example[order][first], item[order][first], position[first]
-    return example, item, position, lengths[example]
+    return key[first], position[first]
 
 
 class PrefixVectorKNN(SessionKNN):
@@ -69,14 +73,9 @@ class PrefixVectorKNN(SessionKNN):
     def fit(self, train):
         super().fit(train)
         # Every (session row, item) once, sorted by key, with the item's last position in that session.
-        items = training_clicks(train, self.n_items)
-        lengths = train.sessions.lengths
-        position = np.arange(len(items)) - np.repeat(train.sessions.offsets[:-1], lengths) + 1
-        key = np.repeat(self.rank_of_session, lengths) * (self.n_items + 1) + items
-        order = np.lexsort((-position, key))
-        key, position = key[order], position[order]
-        first = np.concatenate([[True], key[1:] != key[:-1]])
-        self.session_item_keys, self.last_position = key[first], position[first]
+        items, _, index = clicks_in_order(train, self.n_items)
+        key = np.repeat(self.rank_of_session, train.sessions.lengths) * (self.n_items + 1) + items
+        self.session_item_keys, self.last_position = last_positions(key, index + 1)
         return self
 
     def candidates(self, batch, example, item) -> tuple[np.ndarray, np.ndarray]:
