@@ -71,3 +71,54 @@ def split_sets(items) -> tuple[dict, dict]:
         else:
             common[name] = value
     return common, scoped
+
+
+def add_experiment_arguments(p, folder: str, extra_models: str = "") -> None:
+    """The options of an `Experiment` that run and tune share (read by `apply_options`); `folder` names what
+    --runs-dir and --run-id place, `extra_models` the command's own --models shorthands."""
+    p.add_argument("--models", help=f"all | anchors | {extra_models}comma-separated names | ENCODER+READOUT "
+                   "(default: all)")
+    add_dataset_arguments(p, default=None)
+    add_selection_argument(p)
+    p.add_argument("--runs-dir", help=f"where {folder} goes (default: runs)")
+    p.add_argument("--seeds", type=int, help="number of seeds: 0..N-1 (default: 1)")
+    p.add_argument("--seed-list", help="explicit comma-separated seeds, e.g. 0,3,7 (instead of --seeds)")
+    p.add_argument("--epochs", type=int, help="epochs for every model (default: the model's own, capped "
+                   "on synthetic data)")
+    p.add_argument("--batch-size", type=int, help="training batch size for every model")
+    p.add_argument("--device", help="auto | cpu | cuda[:k] (default: auto)")
+    add_set_argument(p, "set a parameter for every model that has it, or MODEL.KEY=VALUE for one model "
+                        "(repeatable; values are JSON, else strings)")
+    p.add_argument("--run-id", help=f"name of {folder} under --runs-dir: letters, digits and ._-+=, not "
+                   "starting with '.' (default: UTC timestamp + config hash)")
+
+
+def seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seed-list {text}: expected comma-separated integers") from None
+
+
+def apply_options(base, args):
+    """`base` (an `Experiment`) with the experiment options given on the command line (run and tune;
+    `add_experiment_arguments` defines them)."""
+    changes = {"dataset": data_config(args, base.dataset)}
+    if args.models is not None:
+        if not args.models.replace(",", "").strip():
+            raise UserError(f"--models {args.models!r}: no model named (use all for every model)")
+        changes["models"] = args.models
+    if args.seed_list:
+        changes["seeds"] = seed_list(args.seed_list)
+    elif args.seeds is not None:
+        changes["seeds"] = args.seeds
+    for name in ("epochs", "batch_size", "selection", "device", "run_id", "runs_dir", "checkpoint_every", "log"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.deterministic:
+        changes["deterministic"] = True
+    common, scoped = split_sets(args.set)
+    changes["overrides"] = dict(base.overrides, **common)
+    changes["model_overrides"] = {name: dict(base.model_overrides.get(name, {}), **scoped.get(name, {}))
+                                  for name in dict.fromkeys([*base.model_overrides, *scoped])}
+    return base.replace(**changes)

@@ -6,7 +6,7 @@ import shlex
 import sys
 
 from ..errors import UserError
-from .options import add_dataset_arguments, add_selection_argument, add_set_argument, data_config, split_sets
+from .options import add_experiment_arguments, apply_options
 
 HELP = "train and evaluate models on a dataset over seeds (Table 2 style results in runs/<run-id>/)"
 
@@ -40,20 +40,7 @@ def add_arguments(p) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", metavar="FILE", help="an experiment file (TOML), e.g. a run's experiment.toml; "
                    "the options below override it")
-    p.add_argument("--models", help="all | anchors | table3 | comma-separated names | ENCODER+READOUT (default: all)")
-    add_dataset_arguments(p, default=None)
-    add_selection_argument(p)
-    p.add_argument("--runs-dir", help="where run records go (default: runs)")
-    p.add_argument("--seeds", type=int, help="number of seeds: 0..N-1 (default: 1)")
-    p.add_argument("--seed-list", help="explicit comma-separated seeds, e.g. 0,3,7 (instead of --seeds)")
-    p.add_argument("--epochs", type=int, help="epochs for every model (default: the model's own, capped "
-                   "on synthetic data; see below)")
-    p.add_argument("--device", help="auto | cpu | cuda[:k] (default: auto)")
-    p.add_argument("--batch-size", type=int, help="training batch size for every model")
-    add_set_argument(p, "override a config key for every model that has it, or MODEL.KEY=VALUE for one "
-                        "model (repeatable; values are JSON, else strings)")
-    p.add_argument("--run-id", help="name of the run folder under --runs-dir: letters, digits and ._-+=, not "
-                   "starting with '.' (default: UTC timestamp + config hash)")
+    add_experiment_arguments(p, "the run folder", "table3 | ")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (a run id under --runs-dir, or "
                    "the path of an existing run folder): finished model/seed units are kept, an unfinished one "
                    "continues from its checkpoint")
@@ -79,41 +66,11 @@ def add_arguments(p) -> None:
                    help="train one epoch per model, print the per-phase time breakdown and stop (nothing is kept)")
 
 
-def seed_list(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seed-list {text}: expected comma-separated integers") from None
-
-
 def experiment_of(args):
     """The `Experiment` of the options: the --config file (if any), then every option given."""
     from ..experiment import Experiment
 
     return apply_options(Experiment.from_toml(args.config) if args.config else Experiment(), args)
-
-
-def apply_options(base, args):
-    """`base` (an `Experiment`) with the experiment options given on the command line (run and tune)."""
-    changes = {"dataset": data_config(args, base.dataset)}
-    if args.models is not None:
-        if not args.models.replace(",", "").strip():
-            raise UserError(f"--models {args.models!r}: no model named (use all for every model)")
-        changes["models"] = args.models
-    if args.seed_list:
-        changes["seeds"] = seed_list(args.seed_list)
-    elif args.seeds is not None:
-        changes["seeds"] = args.seeds
-    for name in ("epochs", "batch_size", "selection", "device", "run_id", "runs_dir", "checkpoint_every", "log"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
-    if args.deterministic:
-        changes["deterministic"] = True
-    common, scoped = split_sets(args.set)
-    changes["overrides"] = dict(base.overrides, **common)
-    changes["model_overrides"] = {name: dict(base.model_overrides.get(name, {}), **scoped.get(name, {}))
-                                  for name in dict.fromkeys([*base.model_overrides, *scoped])}
-    return base.replace(**changes)
 
 
 def check_resume_args(args) -> None:

@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from ..errors import UserError
-from .options import add_dataset_arguments, add_selection_argument, add_set_argument
+from .options import add_experiment_arguments
 
 HELP = "tune every model under the same budget on validation only (Optuna), then train the best configurations"
 
@@ -37,9 +37,7 @@ def add_arguments(p) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", metavar="FILE", help="an experiment file (TOML) with a [tune] table, e.g. a tune "
                    "folder's tune.toml; the options below override it")
-    p.add_argument("--models", help="all | anchors | comma-separated names | ENCODER+READOUT (default: all)")
-    add_dataset_arguments(p, default=None)
-    add_selection_argument(p)
+    add_experiment_arguments(p, "the tune folder")
     p.add_argument("--budget", type=int, metavar="N", help="trials per model")
     p.add_argument("--budget-hours", type=float, metavar="H", help="hours of trials per model")
     p.add_argument("--sampler", choices=("tpe", "random"), help="Optuna sampler (default: tpe)")
@@ -49,16 +47,8 @@ def add_arguments(p) -> None:
     p.add_argument("--patience", type=int, help="early-stopping patience of every model (default: 3)")
     p.add_argument("--storage", metavar="URL", help="SQLAlchemy URL of the study database (default: "
                    "sqlite in runs/<id>/study.db)")
-    p.add_argument("--seeds", type=int, help="seeds the best configurations are trained with: 0..N-1 (default: 1)")
-    p.add_argument("--seed-list", help="explicit comma-separated seeds (instead of --seeds)")
-    p.add_argument("--epochs", type=int, help="epochs for every model, in trials and final runs")
-    p.add_argument("--batch-size", type=int, help="training batch size for every model")
-    add_set_argument(p, "fix a parameter for every model that has it, or MODEL.KEY=VALUE (repeatable)")
     p.add_argument("--no-defaults", action="store_true", help="do not train the default configurations")
     p.add_argument("--tune-only", action="store_true", help="stop after tuning (--resume trains later)")
-    p.add_argument("--device", help="auto | cpu | cuda[:k] (default: auto)")
-    p.add_argument("--runs-dir", help="where the tune folder goes (default: runs)")
-    p.add_argument("--run-id", help="name of the tune folder (default: tune-<UTC time>-<hash>)")
     p.add_argument("--resume", metavar="ID", help="continue an interrupted tuning (its id under --runs-dir, or its "
                    "folder)")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray (Ray Tune)")
@@ -76,7 +66,7 @@ def add_arguments(p) -> None:
 def tuning_of(args):
     """The `Tuning` of the options: the --config file (if any), then every option given."""
     from ..tuning import Tuning
-    from .run import apply_options
+    from .options import apply_options
 
     base = Tuning.from_toml(args.config) if args.config else Tuning()
     changes = {key: getattr(args, key) for key in ("budget", "budget_hours", "sampler", "pruner", "storage",
