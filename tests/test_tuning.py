@@ -298,13 +298,18 @@ def test_the_caption_warns_when_budgets_differ():
               "pruner": {"name": "none"}, "objective": "valid MRR@20", "dataset": {"valid_fraction": 0.1},
               "trial_seed": 0, "seeds": [0], "selection": "refit",
               "cfg": {"srgnn": {"epochs": 2, "patience": 3}, "narm": {"epochs": 2, "patience": 5}, "sknn": {"k": 100}}}
-    summary = {"models": {"srgnn": {"tuned": True, "trials": 4}, "narm": {"tuned": True, "trials": 3},
-                          "sknn": {"tuned": True, "trials": 4}}}
+    defaults = [{"defaults": True}]
+    summary = {"models": {"srgnn": {"tuned": True, "trials": 4, "history": defaults},
+                          "narm": {"tuned": True, "trials": 3, "history": defaults},
+                          "sknn": {"tuned": True, "trials": 4, "history": [{}]}}}
     text = " ".join(_caption(record, summary))
     assert "**Budgets differ**" in text and "srgnn 4, narm 3, sknn 4" in text and "patience differ: srgnn 3, narm 5" in text
+    assert "first trial is its defaults but for sknn (defaults outside the space)" in text
+    summary["models"]["sknn"]["history"] = defaults
     summary["models"]["narm"]["trials"] = 4
     record["cfg"]["narm"]["patience"] = 3
-    assert "Budgets differ" not in " ".join(_caption(record, summary))
+    text = " ".join(_caption(record, summary))
+    assert "Budgets differ" not in text and "every model's first trial is its defaults." in text
 
 
 def test_a_space_that_is_not_a_table_is_one_error():

@@ -26,7 +26,8 @@ def tuning_sections(runs_dir, out: Path) -> list[str]:
 
 
 def _results(folder: Path, which: str) -> dict:
-    return collect_results(RunDir(folder / which)) if (folder / which / "config.json").exists() else {"models": {}}
+    run = RunDir(folder / which)
+    return collect_results(run) if run.config_path.exists() else {"models": {}}
 
 
 def _caption(record: dict, summary: dict) -> list[str]:
@@ -42,7 +43,7 @@ def _caption(record: dict, summary: dict) -> list[str]:
              f"{sampler['seed']}" + (f", {sampler['n_startup_trials']} random start-up trials" if "n_startup_trials"
                                      in sampler else "") + f"), pruner {pruner['name']}; the objective is "
              f"{record['objective']} on one validation split (the latest {record['dataset'].get('valid_fraction')} of "
-             "the training sessions), the test split unseen; every model's first trial is its defaults. "
+             "the training sessions), the test split unseen; " + _first_trials(tuned) + ". "
              f"Trials trained with seed {record['trial_seed']}; the tuned and default configurations were then "
              f"trained over seeds {record['seeds']}, {record['selection']} selection. {selection_caption(record['selection'])}"]
     warn = []
@@ -56,6 +57,14 @@ def _caption(record: dict, summary: dict) -> list[str]:
     if warn:
         lines.append("**Budgets differ** – " + "; ".join(warn) + ".")
     return lines
+
+
+def _first_trials(tuned: dict) -> str:
+    """Whether every model's study started from its defaults (not when they lie outside its space)."""
+    without = [m for m, e in tuned.items() if not any(t.get("defaults") for t in e.get("history", []))]
+    if not without:
+        return "every model's first trial is its defaults"
+    return f"every model's first trial is its defaults but for {', '.join(without)} (defaults outside the space)"
 
 
 def _section(folder: Path, out: Path) -> str:
