@@ -266,7 +266,7 @@ def _fit_baseline(model, dataset, run: Run, device, evaluate_test: bool = True, 
     model.fit(dataset.train)
     fit_s = time.perf_counter() - start
     valid = evaluate_split(model, dataset.valid, dataset.n_items, device)
-    if not evaluate_test:  # --profile
+    if not evaluate_test:  # --profile, and tuning trials (validation only)
         return {"status": "fitted", "valid": valid.metrics,
                 "timing": {"fit_s": fit_s, "eval_median_s": float(valid.seconds)}}
     if selection != "valid":
