@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import random
 import time
@@ -115,10 +116,11 @@ def evaluate_split(model, split, n_items: int, device, extra=None, batch_size: i
 
 
 def make_optimizer(model, cfg: dict):
-    """Adam/AdamW with the cfg's lr and l2, and StepLR(lr_step, lr_decay). Parameters a model names in
-    `no_weight_decay()` (SparseVD's variational ones) get no l2."""
+    """Adam (optionally its AMSGrad variant), AdamW or Adagrad with the cfg's lr and l2, and StepLR(lr_step,
+    lr_decay). Parameters a model names in `no_weight_decay()` (SparseVD's variational ones) get no l2."""
     name = str(cfg.get("optimizer", "adam")).lower()
-    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
+             "amsgrad": functools.partial(torch.optim.Adam, amsgrad=True)}
     if name not in kinds:
         raise ConfigError("overrides.optimizer", f"unknown optimizer; choose one of {', '.join(kinds)}", name)
     exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
@@ -325,11 +327,16 @@ class _Trainer:
             model.prepare(train)
         model.to(device)
         self.optimizer, self.scheduler = make_optimizer(model, cfg)
-        try:
-            self.loader = ExampleLoader(train, cfg["batch_size"], dataset.n_items, shuffle=True, seed=seed,
-                                        extra=self.extra, rank=self.rank, world=self.world)
+        try:  # a model may train on batches of its own (GRU4Rec's session-parallel steps)
+            self.loader = model.train_loader(train, cfg["batch_size"], seed) if hasattr(model, "train_loader") else None
+            if self.loader is None:
+                self.loader = ExampleLoader(train, cfg["batch_size"], dataset.n_items, shuffle=True, seed=seed,
+                                            extra=self.extra, rank=self.rank, world=self.world)
         except ValueError as e:
             raise ConfigError("overrides.batch_size", str(e), cfg["batch_size"]) from None
+        if self.world > 1 and not isinstance(self.loader, ExampleLoader):
+            raise ConfigError("device", f"{run.model} trains on batches of its own, in one process "
+                              "(not under torchrun)")
         # The model itself stays self.model (optimizer, checkpoints, evaluation); training steps go through
         # DDP, which averages gradients over ranks during backward. static_graph: a model uses the same
         # parameters in every step, and DDP then also accepts parameters that a config leaves unused.

@@ -196,6 +196,6 @@ def test_anchors_are_selected_by_name_and_all_keeps_its_meaning():
     from sbr_bench.models.registry import resolve_names
 
     assert resolve_names("anchors") == ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan",
-                                        "stamp"]
+                                        "gru4rec", "stamp"]
     assert resolve_names("all") == ["pop", "spop", "sknn", "nextitnet", "narm", "srgnn", "gcsan", "sgnnhn", "lessr",
-                                    "niser", "dhcn", "attenmixer"]  # today's models and the new Table 2 rows
+                                    "niser", "dhcn", "dsan", "attenmixer"]  # today's models and the Table 2 rows

@@ -39,6 +39,8 @@ MODEL_MODULES = [
     "sbr_bench.models.narm",
     "sbr_bench.models.nextitnet",
     "sbr_bench.models.stamp",
+    "sbr_bench.models.dsan",
+    "sbr_bench.models.gru4rec",
     "sbr_bench.models.baselines",
     "sbr_bench.models.rules",
     "sbr_bench.models.vsknn",
@@ -48,11 +50,12 @@ MODEL_MODULES = [
 ]
 
 # Table 2's rows: the anchors, then the paper's order.
-TABLE2_ORDER = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan", "stamp",
-                "nextitnet", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "niser", "dhcn", "attenmixer"]
+TABLE2_ORDER = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan", "gru4rec", "stamp",
+                "nextitnet", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "niser", "dhcn", "dsan", "attenmixer"]
 # The anchors that independent studies found hardest to beat (`--models anchors`): counting, rule and kNN
-# methods, and STAMP. pop, spop and sknn are in "all" as well; the others are named or selected as anchors.
-ANCHORS = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan", "stamp"]
+# methods, GRU4Rec and STAMP. pop, spop and sknn are in "all" as well; the others are named or selected as
+# anchors.
+ANCHORS = ["pop", "spop", "ar", "sr", "sknn", "vsknn", "sfsknn", "stan", "vstan", "gru4rec", "stamp"]
 ANCHORS_IN_ALL = ("pop", "spop", "sknn")
 SYNTHETIC_ONLY = ("oracle",)  # need the generator's truth: in "all" only on the built-in synthetic data
 TABLE3 = ["srgnn", "srgnn+attenmixer", "sgnnhn", "sgnnhn+attenmixer"]  # the paper's Table 3
@@ -76,6 +79,9 @@ class ModelSpec:
     ablation: bool = False  # a variant of another model (paper Table 4): named explicitly, not in "all"
     source: str = ""  # where the model and its defaults are defined (set on registration)
     space: dict = field(default_factory=dict)  # what `sbr-bench tune` searches (`models.space`)
+    # A model class of its own (n_items, dim, encoder, readout, scorer, cfg) -> SBRModel subclass, for models
+    # that train differently (GRU4Rec's session-parallel steps); compositions use SBRModel.
+    model: Callable | None = None
 
 
 @dataclass
@@ -310,7 +316,10 @@ def build_model(name: str, n_items: int, overrides: dict | None = None):
     if out_dim != in_dim:
         raise ConfigError("models", f"{name}: the encoder gives states of width {out_dim} but the readout "
                           f"expects {in_dim}; these two do not compose")
-    model = SBRModel(n_items, cfg["dim"], encoder, readout, spec.scorer(cfg))
+    if spec.model is None:
+        model = SBRModel(n_items, cfg["dim"], encoder, readout, spec.scorer(cfg))
+    else:
+        model = spec.model(n_items, cfg["dim"], encoder, readout, spec.scorer(cfg), cfg)
     if spec.init is not None:
         spec.init(model, cfg)
     else:
