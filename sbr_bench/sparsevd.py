@@ -166,7 +166,8 @@ def kl_weight(preset: dict, epoch: int, step: int) -> float:
 class SparseVDModel(nn.Module):
     """A model converted by `SparseVD`, trained with the variational objective and logging densities.
 
-    It is a drop-in for the trainer (same `loss`, `session_repr`, `scorer`, `extra_graphs`, `prepare`):
+    It is a drop-in for the trainer (same `loss`, `session_repr`, `scorer`, `extra_graphs`, `prepare`,
+    `train_loader`):
     `loss` = CE + w(t)·KL/N_train (textbook) or CE·n_batches + w(t)·KL (the authors' Fig. 3 scaling).
     The density of each group is appended to `density_path` (JSON lines) every `log_every` steps and
     whenever training switches to evaluation (end of each epoch), so the last trained state is recorded.
@@ -190,6 +191,15 @@ class SparseVDModel(nn.Module):
 
     def prepare(self, train) -> None:
         self.model.prepare(train)
+
+    def train_loader(self, train, batch_size: int, seed: int):
+        """The wrapped model's own training batches (GRU4Rec's session-parallel steps), if it has them; the
+        KL schedule then counts its steps per epoch."""
+        own = getattr(self.model, "train_loader", None)
+        loader = own(train, batch_size, seed) if own is not None else None
+        if loader is not None:
+            self.batches_per_epoch = max(1, len(loader))
+        return loader
 
     def session_repr(self, batch):
         return self.model.session_repr(batch)

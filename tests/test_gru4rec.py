@@ -250,3 +250,11 @@ def test_training_on_the_real_diginetica_sample_beats_popularity(tmp_path):
     pop = popularity_hr20(data)
     print(f"gru4rec (diginetica sample): test HR@20 {hr:.4f} vs popularity {pop:.4f}")
     assert hr > pop
+
+
+def test_weight_groups_cover_every_linear():
+    model, _ = gru4rec(20, layers=2)
+    groups = model.weight_groups()
+    assert groups == {"gnn.gate_ih": ["encoder.x2h.0", "encoder.x2h.1"], "gnn.gate_hh": ["encoder.h2h.0", "encoder.h2h.1"]}
+    assert {p for paths in groups.values() for p in paths} == \
+        {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

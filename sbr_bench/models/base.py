@@ -62,6 +62,25 @@ def gru_update(gx: Tensor, gh: Tensor, h: Tensor, flip: bool = False) -> Tensor:
     return (1 - z) * h + z * n if flip else (1 - z) * n + z * h
 
 
+def gru_over_prefixes(gi: Tensor, h2h: nn.Module, batch) -> Tensor:
+    """A GRU over every session of `batch` from a zero state: gi = x2h(x) of all positions [P, 3d] (packed,
+    click order) -> the state at every position [P, d], packed the same way (NARM, GRU4Rec)."""
+    # Sessions sorted by length (longest first): at step t the sessions still running are a prefix of
+    # that order, so each step updates only them (no work on padding; pack_padded_sequence's idea).
+    length, start = batch.length, batch.last - batch.length + 1
+    order = torch.sort(length, descending=True, stable=True).indices
+    running = torch.bincount(length, minlength=int(length.max()) + 1).flip(0).cumsum(0).flip(0)[1:].tolist()
+    start_sorted = start[order]
+    h = gi.new_zeros(length.numel(), gi.shape[1] // 3)
+    states, positions = [], []
+    for t, k in enumerate(running):
+        pos = start_sorted[:k] + t
+        h = gru_update(gi[pos], h2h(h[:k]), h[:k])
+        states.append(h)
+        positions.append(pos)
+    return gi.new_empty(gi.shape[0], h.shape[1]).index_copy(0, torch.cat(positions), torch.cat(states))
+
+
 class Component(nn.Module):
     """Base for encoders and readouts: declares its Figure-2 weight groups."""
 

@@ -30,8 +30,8 @@ weight decay; its per-dataset best settings are in its `paramfiles/`. Where ours
 `session_parallel = False` trains GRU4Rec like the suite's other models instead (prefix mini-batches, full
 softmax), to measure what the session-parallel scheme is worth.
 
-Figure-2 weight groups: gnn.gate_ih = the GRU's input weights, gnn.gate_hh = its hidden weights (as for
-SR-GNN's cell); no readout weights.
+Figure-2 weight groups: gnn.gate_ih = each layer's input projection, gnn.gate_hh = its hidden projection
+(as for NARM's and SR-GNN's cells); no readout weights.
 """
 
 from __future__ import annotations
@@ -44,12 +44,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from torch_geometric.utils import to_dense_batch
 
 from ..errors import ConfigError
 from . import space
-from .base import DotScorer, Encoded, Encoder, SBRModel
+from .base import DotScorer, Encoded, Encoder, SBRModel, gru_over_prefixes, gru_update
 from .config import TrainConfig
 from .nextitnet import LastStateReadout
 from .registry import ModelSpec
@@ -170,34 +168,34 @@ class SessionParallelLoader:
 # --- model ---------------------------------------------------------------------------------------------
 
 class GRU4RecEncoder(Encoder):
-    """Stacked GRU layers over the clicks, dropout on the input embeddings and after every layer."""
+    """Stacked GRU layers over the clicks, dropout on the input embeddings and after every layer. Each layer
+    keeps its input and hidden projections as Linears (gates r, z, n as nn.GRUCell's) so that SparseVD
+    can measure them."""
 
     def __init__(self, dim: int, layers: int = 1, dropout_embed: float = 0.0, dropout_hidden: float = 0.0):
         super().__init__()
         if layers < 1:
             raise ConfigError("overrides.layers", "must be at least 1", layers)
-        self.grus = nn.ModuleList(nn.GRU(dim, dim, batch_first=True) for _ in range(layers))
+        self.x2h = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(layers))
+        self.h2h = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(layers))
         self.dropout_embed, self.dropout_hidden = nn.Dropout(dropout_embed), nn.Dropout(dropout_hidden)
 
-    def weight_groups(self):  # nn.GRU keeps its gates as parameters, not Linears: nothing for SparseVD to wrap
-        return {}
+    def weight_groups(self):
+        return {"gnn.gate_ih": [f"x2h.{i}" for i in range(len(self.x2h))],
+                "gnn.gate_hh": [f"h2h.{i}" for i in range(len(self.h2h))]}
 
     def forward(self, batch, embedding) -> Encoded:
-        x, _ = to_dense_batch(self.dropout_embed(embedding(batch.x))[batch.alias], batch.alias_batch,
-                              batch_size=batch.num_graphs)
-        lengths = batch.length.cpu()
-        for gru in self.grus:
-            out, _ = gru(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
-            x = self.dropout_hidden(pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0])
-        mask = torch.arange(x.size(1), device=x.device) < batch.length[:, None]
-        return Encoded(x[mask], batch.alias_batch, batch.last, batch.length)
+        x = self.dropout_embed(embedding(batch.x[batch.alias]))  # [P, d], click order
+        for x2h, h2h in zip(self.x2h, self.h2h):
+            x = self.dropout_hidden(gru_over_prefixes(x2h(x), h2h, batch))
+        return Encoded(x, batch.alias_batch, batch.last, batch.length)
 
     def step(self, x: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """One click per lane: x [lanes, d], hidden [layers, lanes, d] -> (output, new hidden). As in the
         official code, the state carried to the next step is the dropped-out one."""
         x, states = self.dropout_embed(x), []
-        for gru, h in zip(self.grus, hidden):
-            x = self.dropout_hidden(gru(x[:, None], h[None].contiguous())[0][:, 0])
+        for x2h, h2h, h in zip(self.x2h, self.h2h, hidden):
+            x = self.dropout_hidden(gru_update(x2h(x), h2h(h), h))
             states.append(x)
         return x, torch.stack(states)
 
@@ -227,14 +225,11 @@ class GRU4Rec(SBRModel):
         """The official code's initialisation: uniform ±sqrt(6 / (fan_in + fan_out)) per gate block and for
         the item table, zero biases."""
         with torch.no_grad():
-            for gru in self.encoder.grus:
-                for name, p in gru.named_parameters():
-                    if name.startswith("bias"):
-                        p.zero_()
-                    else:
-                        for gate in p.chunk(3, 0):
-                            bound = (6.0 / sum(gate.shape)) ** 0.5
-                            gate.uniform_(-bound, bound)
+            for linear in [*self.encoder.x2h, *self.encoder.h2h]:
+                linear.bias.zero_()
+                for gate in linear.weight.chunk(3, 0):
+                    bound = (6.0 / sum(gate.shape)) ** 0.5
+                    gate.uniform_(-bound, bound)
             bound = (6.0 / (self.n_items + self.embedding.embedding_dim)) ** 0.5
             self.embedding.weight.uniform_(-bound, bound)
             self.item_bias.weight.zero_()
@@ -269,7 +264,7 @@ class GRU4Rec(SBRModel):
         lanes, dim = batch.items.numel(), self.embedding.embedding_dim
         hidden = self.lane_hidden
         if hidden is None or hidden.shape[1] != lanes:
-            hidden = self.embedding.weight.new_zeros(len(self.encoder.grus), lanes, dim)
+            hidden = self.embedding.weight.new_zeros(len(self.encoder.x2h), lanes, dim)
         hidden = hidden.detach().masked_fill(batch.reset[None, :, None], 0.0)
         out, hidden = self.encoder.step(self.embedding(batch.items), hidden)
         self.lane_hidden = hidden.detach()

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
-from .base import DotScorer, Encoded, Encoder, Readout, gru_update
+from .base import DotScorer, Encoded, Encoder, Readout, gru_over_prefixes
 from .config import TrainConfig
 from .registry import ModelSpec
 from . import space
@@ -56,21 +56,7 @@ class NARMEncoder(Encoder):
 
     def forward(self, batch, embedding: nn.Embedding) -> Encoded:
         x = self.dropout(embedding(batch.x[batch.alias]))  # [P, d], click order
-        gi = self.x2h(x)  # [P, 3d], input projections of all positions at once
-        # Sessions sorted by length (longest first): at step t the sessions still running are a prefix
-        # of that order, so each step updates only them (no work on padding; pack_padded_sequence's idea).
-        length, start = batch.length, batch.last - batch.length + 1
-        order = torch.sort(length, descending=True, stable=True).indices
-        running = torch.bincount(length, minlength=int(length.max()) + 1).flip(0).cumsum(0).flip(0)[1:].tolist()
-        start_sorted = start[order]
-        h = gi.new_zeros(length.numel(), self.dim)
-        states, positions = [], []
-        for t, k in enumerate(running):
-            pos = start_sorted[:k] + t
-            h = gru_update(gi[pos], self.h2h(h[:k]), h[:k])
-            states.append(h)
-            positions.append(pos)
-        packed = x.new_empty(x.shape[0], self.dim).index_copy(0, torch.cat(positions), torch.cat(states))
+        packed = gru_over_prefixes(self.x2h(x), self.h2h, batch)  # input projections of all positions at once
         return Encoded(packed, batch.alias_batch, batch.last, batch.length)
 
     def weight_groups(self):
