@@ -119,8 +119,10 @@ def make_optimizer(model, cfg: dict):
     """Adam (optionally its AMSGrad variant), AdamW or Adagrad with the cfg's lr and l2, and StepLR(lr_step,
     lr_decay). Parameters a model names in `no_weight_decay()` (SparseVD's variational ones) get no l2."""
     name = str(cfg.get("optimizer", "adam")).lower()
-    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
-             "amsgrad": functools.partial(torch.optim.Adam, amsgrad=True)}
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+             "amsgrad": functools.partial(torch.optim.Adam, amsgrad=True),
+             # GRU4Rec's: steps lr·g / sqrt(1e-6 + Σg²), so rarely updated item rows do not take full steps
+             "adagrad": functools.partial(torch.optim.Adagrad, initial_accumulator_value=1e-6, eps=0.0)}
     if name not in kinds:
         raise ConfigError("overrides.optimizer", f"unknown optimizer; choose one of {', '.join(kinds)}", name)
     exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
@@ -128,8 +130,9 @@ def make_optimizer(model, cfg: dict):
     groups = [{"params": [p for n, p in named if n not in exempt], "weight_decay": cfg["l2"]},
               {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    try:  # fused: one kernel over all parameters; 5-10x faster steps on the item table (model_step.py)
-        optimizer = kinds[name](groups, lr=cfg["lr"], fused=True)
+    try:  # fused: one kernel over all parameters; 5-10x faster steps on the item table (model_step.py).
+        # Not Adagrad's: before torch 2.8 it has no CUDA kernel and says so only at its first step.
+        optimizer = kinds[name](groups, lr=cfg["lr"], **({} if name == "adagrad" else {"fused": True}))
     except (RuntimeError, TypeError):  # a device or dtype without a fused kernel
         optimizer = kinds[name](groups, lr=cfg["lr"])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(cfg["lr_step"])),

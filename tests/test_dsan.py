@@ -138,6 +138,7 @@ def test_defaults_and_initialisation_follow_the_authors_code():
     for linear in (ro.key, ro.query, ro.w0):  # N(0, 0.05)
         assert abs(linear.weight.std().item() - 0.05) < 0.01 and linear.weight.abs().max() > 0.1
     assert (ro.query.bias == 0).all() and (model.encoder.query.bias == 0).all()
+    assert (model.encoder.norm.weight == 1).all() and (model.encoder.norm.bias == 0).all()
     assert model.embedding.weight.abs().max() <= 0.1  # the suite's U(±1/√d)
     with pytest.raises(ConfigError, match="model_overrides.dsan.max_positions"):
         build_model("dsan", 30, {"max_positions": 0})

@@ -14,10 +14,11 @@ from conftest import shared_path
 from helpers import assert_batching_invariant, popularity_hr20, trained_hr20
 from sbr_bench.data.graphs import collate_examples
 from sbr_bench.data.sessions import Sessions, Split
-from sbr_bench.models.gru4rec import GRU4Rec, SessionParallelBatch, SessionParallelLoader, whole_sessions
+from sbr_bench.errors import ConfigError
+from sbr_bench.models.gru4rec import GRU4Rec, SessionParallelBatch, SessionParallelLoader, training_sequences
 from sbr_bench.models.registry import build_model
 from sbr_bench.runs import Run
-from sbr_bench.training import train_model
+from sbr_bench.training import make_optimizer, train_model
 
 
 def gru4rec(n_items, **overrides):
@@ -61,19 +62,41 @@ def test_schedule_is_the_official_iterators(lanes, n_sample):
     assert ours == official_steps(seqs, lanes, 1 if n_sample else 2)
 
 
-def test_every_training_pair_is_one_step_also_on_pair_layout_splits():
+def test_every_training_pair_is_one_step():
     seqs = random_sessions(1, n=60)
     seqs += seqs[:5]  # repeated sessions stay repeated
     whole = Split.all_prefixes(Sessions.from_lists(seqs))
-    pairs = Split.from_pairs(*whole.pairs())
-    expected = Counter(tuple(s) for s in seqs if len(s) > 1)
-    assert Counter(tuple(s) for s in whole_sessions(whole)) == expected
-    assert Counter(tuple(s) for s in whole_sessions(pairs)) == expected
+    assert [s.tolist() for s in training_sequences(whole)] == [s for s in seqs if len(s) > 1]
     examples = Counter((int(whole.prefix(i)[-1]), int(t)) for i, t in enumerate(whole.targets))
-    for split in (whole, pairs):
-        loader = SessionParallelLoader(split, 7, np.ones(31), 4, 0.5, seed=0)
-        active = loader.active
-        assert Counter(zip(loader.items[active].tolist(), loader.targets[active].tolist())) == examples
+    loader = SessionParallelLoader(whole, 7, np.ones(31), 4, 0.5, seed=0)
+    active = loader.active
+    assert Counter(zip(loader.items[active].tolist(), loader.targets[active].tolist())) == examples
+    # a split whose examples stop before a session's end: its sequences stop after the last target
+    short = Split(whole.sessions, whole.ex_seq[whole.ex_len == 1], whole.ex_len[whole.ex_len == 1])
+    assert [s.tolist() for s in training_sequences(short)] == [s[:2] for s in seqs if len(s) > 1]
+
+
+def test_negatives_are_training_items_drawn_by_popularity():
+    counts = np.array([0, 5, 0, 1, 0, 20], dtype=float)  # items 2 and 4 never clicked in training
+    split = Split.all_prefixes(Sessions.from_lists([[1, 3], [5, 1], [5, 5]]))
+    for alpha in (0.0, 1.0):
+        loader = SessionParallelLoader(split, 2, counts, 4000, alpha, seed=0)
+        drawn = np.bincount(np.concatenate([loader.samples(0, t) for t in range(3)]), minlength=6)
+        assert drawn[[0, 2, 4]].sum() == 0
+        expected = counts[1:] ** alpha * (counts[1:] > 0)
+        np.testing.assert_allclose(drawn[1:] / drawn.sum(), expected / expected.sum(), atol=0.02)
+    np.testing.assert_array_equal(loader.samples(1, 2), loader.samples(1, 2))  # (seed, epoch, step) decide
+    assert not np.array_equal(loader.samples(1, 2), loader.samples(2, 2))
+
+
+def test_bad_schedules_are_one_clear_error():
+    split = Split.all_prefixes(Sessions.from_lists([[1, 2, 3]]))
+    with pytest.raises(ConfigError, match="two lanes"):
+        SessionParallelLoader(split, 1, np.ones(4), 0, 0.5, seed=0)  # no negatives without samples
+    with pytest.raises(ConfigError, match="two or more clicks"):
+        SessionParallelLoader(Split.all_prefixes(Sessions.from_lists([[1], [2]])), 2, np.ones(4), 8, 0.5, seed=0)
+    with pytest.raises(ConfigError, match="model_overrides.gru4rec.loss"):
+        build_model("gru4rec", 10, {"loss": "bpr-max", "session_parallel": False})
 
 
 def test_prefix_states_equal_stepping_from_a_zero_state(tiny):
@@ -115,7 +138,7 @@ def official_scores(model, batch):
 
 
 @pytest.mark.parametrize("logq", [0.0, 1.0])
-def test_sampled_cross_entropy_is_the_officials(tiny, logq):
+def test_sampled_cross_entropy_is_the_officials(logq):
     model, _ = gru4rec(20, logq=logq, sample_alpha=0.3)
     model.eval()
     model.item_bias.weight.data.normal_()
@@ -171,6 +194,26 @@ def test_the_hidden_state_carries_over_and_resets_and_travels_in_the_state_dict(
     torch.testing.assert_close(fresh.loss(second)[0], loss)
 
 
+def test_the_state_carried_is_the_dropped_out_one_and_sparsevd_keeps_the_steps(tiny):
+    from sbr_bench.sparsevd import SparseVD, SparseVDModel
+
+    model, _ = gru4rec(20, dropout_hidden=0.5)
+    model.train()
+    batch = step_batch(seed=3)
+    torch.manual_seed(1)
+    model.loss(batch)
+    carried = model.lane_hidden
+    assert (carried == 0).float().mean() > 0.3  # about half the units dropped (and the rest scaled by 2)
+    torch.manual_seed(1)
+    out, _ = model.encoder.step(model.embedding(batch.items), torch.zeros(1, 6, 16))
+    torch.testing.assert_close(carried[0], out.detach())
+    model, cfg = gru4rec(tiny.n_items)
+    wrapped = SparseVDModel(model, SparseVD(model), {"kl_scale": "per_example"}, len(tiny.train), 1)
+    wrapped.prepare(tiny.train)
+    loader = wrapped.train_loader(tiny.train, 64, seed=0)
+    assert isinstance(loader, SessionParallelLoader) and wrapped.batches_per_epoch == len(loader) > 1
+
+
 def test_gradients_reach_every_parameter(tiny):
     model, cfg = gru4rec(tiny.n_items, layers=2, dropout_hidden=0.2)
     model.prepare(tiny.train)
@@ -195,8 +238,18 @@ def test_defaults_follow_the_official_code():
             cfg["sample_alpha"], cfg["epochs"], cfg["l2"], cfg["dropout_embed"], cfg["dropout_hidden"]) == \
         (100, 1, "cross-entropy", 64, 0.05, "adagrad", 2048, 0.5, 10, 0.0, 0.0, 0.0)
     assert model.item_bias.weight.abs().sum() == 0
-    bound = (6.0 / (50 + 100)) ** 0.5
-    assert model.embedding.weight.abs().max() <= bound
+    bound = (6.0 / (50 + 100)) ** 0.5  # the official's item table: ±sqrt(6 / (n_items + d))
+    assert 0.95 * bound < model.embedding.weight.abs().max() <= bound
+    for linear in (model.encoder.x2h[0], model.encoder.h2h[0]):  # each gate ±sqrt(6 / (d + d)), zero bias
+        assert 0.95 * 0.1732 < linear.weight.abs().max() <= (6.0 / 200) ** 0.5 and (linear.bias == 0).all()
+    optimizer, _ = make_optimizer(model, cfg)
+    assert isinstance(optimizer, torch.optim.Adagrad)
+    p = model.item_bias.weight
+    p.grad = torch.zeros_like(p)
+    p.grad[3] = 1e-3
+    before = p.detach().clone()
+    optimizer.step()  # the official's step: lr * g / sqrt(1e-6 + g^2), untouched rows unchanged
+    torch.testing.assert_close(before - p.detach(), (0.05 * p.grad / (1e-6 + p.grad ** 2).sqrt()))
 
 
 def test_bad_loss_is_a_config_error():
@@ -255,6 +308,7 @@ def test_training_on_the_real_diginetica_sample_beats_popularity(tmp_path):
 def test_weight_groups_cover_every_linear():
     model, _ = gru4rec(20, layers=2)
     groups = model.weight_groups()
-    assert groups == {"gnn.gate_ih": ["encoder.x2h.0", "encoder.x2h.1"], "gnn.gate_hh": ["encoder.h2h.0", "encoder.h2h.1"]}
+    assert groups == {"gnn.gate_ih": ["encoder.x2h.0", "encoder.x2h.1"],
+                      "gnn.gate_hh": ["encoder.h2h.0", "encoder.h2h.1"]}
     assert {p for paths in groups.values() for p in paths} == \
         {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

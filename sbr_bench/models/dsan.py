@@ -17,7 +17,8 @@ on the queries, the feed-forward output and c, in training only. α-entmax is `s
 Source: the authors' code (SamHaoYuan/DSANForAAAI2021, `DualAdaptiveTrain.ipynb`, Diginetica): item and
 position dimensions 100, dropout 0.5, w = 20, batch 512, Adam with AMSGrad, lr 1e-3, no weight decay and
 no learning-rate decay, 50 epochs keeping the best (here the suite's 30 epochs with early stopping);
-W_1', W_2', w_0 ~ N(0, 0.05), b = 0 and b_q = 0, the suite's U(±1/√d) elsewhere (see `init`).
+W_1', W_2', w_0 ~ N(0, 0.05), b = 0 and b_q = 0, LayerNorm 1 and 0, the suite's U(±1/√d) elsewhere
+(see `init`).
 
 Where ours differs from that code:
 - its embeddings renormalise to norm 1.5 inside the forward pass (`max_norm=1.5`, which rewrites the
@@ -150,7 +151,7 @@ class DSANReadout(Readout):
 
 def init(model, cfg: dict) -> None:
     """The suite's U(±1/√d), then the reference code's own: the global attention's W_1', W_2', w_0 ~
-    N(0, 0.05), its bias b and the query MLP's bias b_q zero."""
+    N(0, 0.05), its bias b and the query MLP's bias b_q zero, the LayerNorm's scale 1 and shift 0."""
     model.reset_parameters()
     encoder, readout = getattr(model.encoder, "encoder", model.encoder), model.readout
     if isinstance(readout, DSANReadout):
@@ -159,6 +160,8 @@ def init(model, cfg: dict) -> None:
         nn.init.zeros_(readout.query.bias)
     if isinstance(encoder, DSANEncoder):
         nn.init.zeros_(encoder.query.bias)
+        nn.init.ones_(encoder.norm.weight)  # PyTorch's LayerNorm start, as the reference code's
+        nn.init.zeros_(encoder.norm.bias)
 
 
 def build_encoder(n_items: int, cfg: dict) -> DSANEncoder:

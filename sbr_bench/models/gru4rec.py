@@ -20,15 +20,15 @@ Defaults are the official PyTorch port's (hidasib/GRU4Rec_PyTorch_Official, `GRU
 weight decay; its per-dataset best settings are in its `paramfiles/`. Where ours differs:
 - the loss is the mean over the step's lanes (the official divides the sum by the full batch size, so its
   last steps, with fewer lanes, weigh less);
-- torch's Adagrad (eps 1e-10 outside the square root; the official adds 1e-6 inside it) without the
-  official's optional momentum; on dense gradients Adagrad updates only the rows that have a gradient, as
-  the official's sparse version does;
-- on splits stored as (prefix, target) pairs (SR-GNN's preprocessed files) the sessions are rebuilt from
-  the pairs first (`whole_sessions`), so each training pair is one step, as for every other model;
+- Adagrad (`optimizer = "adagrad"`: lr·g / sqrt(1e-6 + Σg²), the official's step) without its optional
+  momentum; on dense gradients Adagrad updates only the rows that have a gradient, as the official's
+  sparse version does;
+- sessions run in stored order, by their last click's time (the official's: by their first click's);
 - evaluation runs the GRU over each test prefix from a zero state, which gives the official's scores (it
   steps through the test sessions without dropout).
 `session_parallel = False` trains GRU4Rec like the suite's other models instead (prefix mini-batches, full
-softmax), to measure what the session-parallel scheme is worth.
+softmax: the sampling and loss parameters are then unused), to measure what the session-parallel scheme
+is worth.
 
 Figure-2 weight groups: gnn.gate_ih = each layer's input projection, gnn.gate_hh = its hidden projection
 (as for NARM's and SR-GNN's cells); no readout weights.
@@ -57,26 +57,14 @@ LOSSES = ("cross-entropy", "bpr-max")
 
 # --- data: whole sessions and the session-parallel schedule ----------------------------------------------
 
-def whole_sessions(split) -> list[np.ndarray]:
-    """The training sessions whose every click transition is one of `split`'s examples, in stored order.
-
-    A split of whole sessions with all their prefixes as examples gives its sessions. A split stored as
-    (prefix, target) pairs, one sequence per pair, gives the sessions those pairs were cut from: a
-    sequence is dropped once for every sequence that extends it by one click."""
+def training_sequences(split) -> list[np.ndarray]:
+    """The click sequences whose transitions are `split`'s examples: each session with two or more clicks
+    up to its last example's target, in stored order (every prefix of a session is an example in the
+    suite's training splits, so these are the whole sessions)."""
     sessions = split.sessions
-    one_per_sequence = len(split) == len(sessions) and np.array_equal(split.ex_len, sessions.lengths - 1)
-    seqs = [sessions[i] for i in range(len(sessions))]
-    if not one_per_sequence:
-        return [s for s in seqs if len(s) > 1]
-    extended = Counter(tuple(s[:-1]) for s in seqs if len(s) > 2)
-    kept = []
-    for s in seqs:
-        key = tuple(s)
-        if extended.get(key, 0):
-            extended[key] -= 1
-        elif len(s) > 1:
-            kept.append(s)
-    return kept
+    end = np.zeros(len(sessions), dtype=np.int64)
+    np.maximum.at(end, split.ex_seq, split.ex_len + 1)
+    return [sessions[i][: end[i]] for i in np.flatnonzero(end > 1)]
 
 
 def session_parallel_schedule(lengths, lanes: int, min_lanes: int = 1):
@@ -130,9 +118,12 @@ class SessionParallelLoader:
     samples drawn per step from (seed, epoch, step), so a mid-epoch resume sees the same ones)."""
 
     def __init__(self, train, lanes: int, item_counts: np.ndarray, n_sample: int, sample_alpha: float, seed: int):
-        seqs = whole_sessions(train)
+        seqs = training_sequences(train)
         if not seqs:
-            raise ValueError("the training split has no session with two or more clicks")
+            raise ConfigError("dataset", "gru4rec: the training split has no session of two or more clicks")
+        counts = np.asarray(item_counts, dtype=np.float64)[1:]
+        if counts.sum() <= 0:
+            raise ValueError("item_counts are all zero: call the model's prepare(train) first")
         self.lanes = min(int(lanes), len(seqs))
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -145,8 +136,11 @@ class SessionParallelLoader:
         self.targets = np.where(busy, clicks[np.minimum(at + 1, len(clicks) - 1)], 0)
         self.reset = busy & (position == 0)
         self.active = busy
+        if len(self.items) == 0:
+            raise ConfigError("overrides.n_sample", "gru4rec: without samples (n_sample = 0) each step needs two "
+                              "lanes (the other lanes' targets are the negatives): raise batch_size", n_sample)
         self.n_sample, self.seed = int(n_sample), seed
-        weights = np.asarray(item_counts, dtype=np.float64)[1:] ** sample_alpha
+        weights = np.where(counts > 0, counts ** sample_alpha, 0.0)  # items never clicked in training: never
         self.cdf = np.cumsum(weights) / weights.sum()
 
     def __len__(self) -> int:
@@ -214,6 +208,9 @@ class GRU4Rec(SBRModel):
             raise ConfigError("overrides.loss", f"choose one of {', '.join(LOSSES)}", loss)
         if n_sample < 0:
             raise ConfigError("overrides.n_sample", "must be 0 (in-batch negatives only) or more", n_sample)
+        if loss != "cross-entropy" and not session_parallel:
+            raise ConfigError("overrides.loss", "trained on prefix mini-batches (session_parallel = false), "
+                              "GRU4Rec uses the full softmax: cross-entropy only", loss)
         self.item_bias = nn.Embedding(n_items + 1, 1)
         self.session_parallel, self.loss_name = session_parallel, loss
         self.n_sample, self.sample_alpha, self.logq = n_sample, sample_alpha, logq
@@ -222,8 +219,8 @@ class GRU4Rec(SBRModel):
         self.lane_hidden: Tensor | None = None
 
     def reset_parameters(self, std: float | None = None) -> None:
-        """The official code's initialisation: uniform ±sqrt(6 / (fan_in + fan_out)) per gate block and for
-        the item table, zero biases."""
+        """The official code's initialisation (its default "compatibility mode"): uniform ±sqrt(6 / (fan_in +
+        fan_out)) per gate block and for the item table, zero biases (`std` is not used)."""
         with torch.no_grad():
             for linear in [*self.encoder.x2h, *self.encoder.h2h]:
                 linear.bias.zero_()
@@ -265,7 +262,7 @@ class GRU4Rec(SBRModel):
         hidden = self.lane_hidden
         if hidden is None or hidden.shape[1] != lanes:
             hidden = self.embedding.weight.new_zeros(len(self.encoder.x2h), lanes, dim)
-        hidden = hidden.detach().masked_fill(batch.reset[None, :, None], 0.0)
+        hidden = hidden.to(self.embedding.weight.device).masked_fill(batch.reset[None, :, None], 0.0)
         out, hidden = self.encoder.step(self.embedding(batch.items), hidden)
         self.lane_hidden = hidden.detach()
         active = batch.active
@@ -329,7 +326,8 @@ SPECS = {
         defaults=GRU4RecConfig(),
         model=lambda n_items, dim, encoder, readout, scorer, cfg: GRU4Rec(
             n_items, dim, encoder, readout, scorer, **{k: cfg[k] for k in MODEL_PARAMS}),
-        # The official `paramspaces/gru4rec_{xe,bprmax}_standard_parspace.json` ranges (momentum aside).
+        # The official `paramspaces/gru4rec_{xe,bprmax}_standard_parspace.json` ranges (momentum aside), with
+        # the loss and logQ (fixed per file there) searched too.
         space={"dim": space.Int(64, 512), "batch_size": space.Int(32, 256), "lr": space.Float(0.01, 0.25),
                "dropout_embed": space.Float(0.0, 0.5), "dropout_hidden": space.Float(0.0, 0.7),
                "sample_alpha": space.Float(0.0, 1.0), "loss": space.Choice(LOSSES), "logq": space.Choice((0.0, 1.0)),

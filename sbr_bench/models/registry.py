@@ -297,18 +297,28 @@ def build_model(name: str, n_items: int, overrides: dict | None = None):
     Raises:
         ConfigError: an unknown model, parameter or value.
     """
-    from .base import NormalisedInput, SBRModel
-
     spec = spec_for(name)
     cfg = model_config(name, overrides)
     try:
         if isinstance(spec, BaselineSpec):
             return spec.build(n_items, cfg), cfg
         encoder, readout = spec.encoder(n_items, cfg), spec.readout(cfg)
+        model = _assemble(name, spec, n_items, cfg, encoder, readout)
     except ConfigError as e:  # a component names the bare parameter; say which model it belongs to
         if e.key.startswith("overrides."):
             raise ConfigError(f"model_overrides.{name}.{e.key.partition('.')[2]}", e.message, e.value) from None
         raise
+    if spec.init is not None:
+        spec.init(model, cfg)
+    else:
+        model.reset_parameters()
+    return model, cfg
+
+
+def _assemble(name: str, spec: ModelSpec, n_items: int, cfg: dict, encoder, readout):
+    """The model around `encoder` and `readout`: input normalisation, width check, scorer, model class."""
+    from .base import NormalisedInput, SBRModel
+
     if cfg.get("input_norm", "none") != "none" or cfg.get("input_dropout", 0.0) > 0:
         encoder = NormalisedInput(encoder, cfg["dim"], cfg["input_norm"], float(cfg["input_dropout"]))
     # Encoders whose states are wider than `dim` (LESSR's dense concatenation) say so with `out_dim`.
@@ -317,11 +327,5 @@ def build_model(name: str, n_items: int, overrides: dict | None = None):
         raise ConfigError("models", f"{name}: the encoder gives states of width {out_dim} but the readout "
                           f"expects {in_dim}; these two do not compose")
     if spec.model is None:
-        model = SBRModel(n_items, cfg["dim"], encoder, readout, spec.scorer(cfg))
-    else:
-        model = spec.model(n_items, cfg["dim"], encoder, readout, spec.scorer(cfg), cfg)
-    if spec.init is not None:
-        spec.init(model, cfg)
-    else:
-        model.reset_parameters()
-    return model, cfg
+        return SBRModel(n_items, cfg["dim"], encoder, readout, spec.scorer(cfg))
+    return spec.model(n_items, cfg["dim"], encoder, readout, spec.scorer(cfg), cfg)
