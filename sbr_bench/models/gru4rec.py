@@ -37,7 +37,6 @@ Figure-2 weight groups: gnn.gate_ih = each layer's input projection, gnn.gate_hh
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
