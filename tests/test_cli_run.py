@@ -122,3 +122,19 @@ def test_existing_run_id_is_refused(tmp_path, capsys):
     assert run(tmp_path, "--dataset", "synthetic:tiny", "--models", "meanpool", "--epochs", "1", "--run-id", "same") == 2
     err = capsys.readouterr().err
     assert "--run-id same: " in err and "already exists; resume that run or choose another id" in err
+
+
+def test_help_is_a_paragraph_with_examples_and_version_prints_the_version(capsys):
+    from sbr_bench import __version__
+    from sbr_bench.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as done:
+        cli_main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    description = text.split("\n\n")[1]
+    assert description.startswith("sbr-bench trains and evaluates") and description.rstrip().endswith(".")
+    assert "examples:" in text and "sbr-bench run --models all" in text
+    with pytest.raises(SystemExit):
+        cli_main(["--version"])
+    assert capsys.readouterr().out.strip() == f"sbr-bench {__version__}"

@@ -1,15 +1,38 @@
-"""Tables 1-4 of the paper from recorded runs, as tidy DataFrames (CSV) and formatted Markdown/LaTeX."""
+"""Tables 1-4 of the paper from recorded runs: tidy DataFrames (CSV, internal names) and the tables as shown
+(display names, formatted cells) in Markdown or LaTeX."""
 
 from __future__ import annotations
+
+import math
+import re
+import unicodedata
 
 import pandas as pd
 
 from ..models.registry import TABLE2_ORDER, TABLE3, is_ablation
 from ..runs import HEADLINE, format_cell, headline_header
+from .names import dataset_name, model_name
 from .records import latest_with
 
 TABLE3_ENCODERS = ("srgnn", "sgnnhn", "gcsan", "dhcn")  # LESSR's wide states do not compose
 ABLATIONS = ("attenmixer", "attenmixer-M", "attenmixer-IP", "attenmixer-LI", "attenmixer-LP")
+ROW_ORDER = list(dict.fromkeys(TABLE2_ORDER + list(ABLATIONS)))  # the paper's order of rows in Tables 2 and 4
+TIME = "s/epoch"
+# The tests compare per-example values averaged over seeds, blind to seed-to-seed spread: with fewer seeds a
+# mark would claim more than the run shows.
+MIN_SEEDS_FOR_MARKS = 3
+
+# Table 1's rows: (key in the recorded dataset stats, label as shown).
+STATISTICS = (
+    ("clicks", "clicks"),
+    ("sessions", "sessions"),
+    ("items", "items"),
+    ("avg_length", "average length"),
+    ("whole_sessions", "whole sessions (before augmentation)"),
+    ("train_examples", "train sessions"),
+    ("valid_examples", "validation sessions"),
+    ("test_examples", "test sessions"),
+)
 
 
 def datasets_of(records) -> list[str]:
@@ -17,24 +40,55 @@ def datasets_of(records) -> list[str]:
 
 
 def table1(records) -> pd.DataFrame:
-    """Dataset statistics (the newest recorded run of each dataset)."""
+    """Dataset statistics: a row per dataset, or per set of statistics where runs of one dataset disagree
+    (different protocols); `run` is the newest run with those statistics."""
     rows = []
     for ds in datasets_of(records):
-        rec = next(r for r in reversed(records) if r.dataset == ds and r.kind == "run")
-        s = rec.config.get("dataset", {}).get("stats", {})
-        rows.append({"dataset": ds, "clicks": s.get("clicks"), "sessions": s.get("sessions"),
-                     "items": s.get("items"), "avg_length": s.get("avg_length"),
-                     "whole_sessions": s.get("whole_sessions"), "run": rec.run_id})
-    return pd.DataFrame(rows)
+        groups = {}  # statistics -> newest run with them, in order of first appearance
+        for rec in (r for r in records if r.dataset == ds and r.kind == "run"):
+            s = rec.config.get("dataset", {}).get("stats", {})
+            groups[tuple(s.get(key) for key, _ in STATISTICS)] = rec.run_id
+        known = {k: v for k, v in groups.items() if any(x is not None for x in k)}
+        for values, run in (known or groups).items():  # a run recorded without stats adds no column of dashes
+            rows.append(dict(zip((key for key, _ in STATISTICS), values), dataset=ds, run=run))
+    columns = ["dataset"] + [key for key, _ in STATISTICS] + ["run"]
+    return pd.DataFrame(rows, columns=columns)
 
 
-def _metric_rows(records, dataset, models, extra=None, mode="valid"):
-    """Rows per model and metric; under `literature` the metric names say best-on-test."""
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _statistic(value, key: str) -> str:
+    if _missing(value):
+        return "–"
+    return f"{value:.2f}" if key == "avg_length" else f"{int(value):,}"
+
+
+def table1_wide(df: pd.DataFrame, latex=False) -> pd.DataFrame:
+    """Table 1 as the paper prints it: a row per statistic, a column per dataset (per dataset and run where
+    its runs disagree on the statistics)."""
+    if df.empty:
+        return df
+    repeated = df["dataset"].value_counts()
+    out = {"statistic": [label for _, label in STATISTICS]}
+    for row in df.to_dict("records"):
+        head = dataset_name(row["dataset"]) + (f" ({row['run']})" if repeated[row["dataset"]] > 1 else "")
+        out[head] = [_statistic(row.get(key), key) for key, _ in STATISTICS]
+    shown = pd.DataFrame(out)
+    return _latex_frame(shown.map(tex_text)) if latex else shown
+
+
+def _finished_runs(records, dataset: str, model: str) -> list:
+    """Every recorded run (not a sweep point) on `dataset` in which `model` finished, oldest first."""
+    return [r for r in records if r.kind == "run" and not r.sweep and r.dataset == dataset
+            and r.results["models"].get(model, {}).get("status", "failed") != "failed"]
+
+
+def _metric_rows(pairs, dataset, extra=None, mode="valid"):
+    """Rows per (model, run) and metric; under `literature` the metric names say best-on-test."""
     rows = []
-    for model in models:
-        rec = latest_with(records, dataset, model)
-        if rec is None:
-            continue
+    for model, rec in pairs:
         entry = rec.results["models"][model]
         best = rec.results.get("best", {})
         for metric, shown in zip(HEADLINE, headline_header(mode)):
@@ -49,43 +103,48 @@ def _metric_rows(records, dataset, models, extra=None, mode="valid"):
                              run=rec.run_id, dim=rec.config.get("cfg", {}).get(model, {}).get("dim")))
         timing = entry.get("timing", {})
         if "epoch_median_s" in timing:
-            rows.append(dict(extra or {}, dataset=dataset, model=model, metric="s/epoch",
+            rows.append(dict(extra or {}, dataset=dataset, selection=mode, model=model, metric=TIME,
                              mean=timing["epoch_median_s"], std=timing.get("epoch_iqr_s", 0.0),
                              seeds=len(entry["seeds_ok"]), mark="", best=False, best_significant=False,
                              run=rec.run_id))
     return rows
 
 
+def _every_run(records, dataset, models) -> list:
+    return [(m, rec) for m in models for rec in _finished_runs(records, dataset, m)]
+
+
 def table2(records, mode="valid") -> pd.DataFrame:
     """Accuracy (HR@20, MRR@20: mean, std over seeds, significance mark vs the run's best) and median
-    seconds per training epoch (std column = IQR), per dataset and model."""
+    seconds per training epoch (std column = IQR), per dataset, model and run."""
     rows = []
     for ds in datasets_of(records):
         names = {m for r in records if r.dataset == ds and r.kind == "run" and not r.sweep for m in r.ok_models()}
         order = [m for m in TABLE2_ORDER if m in names] + sorted(
             m for m in names if m not in TABLE2_ORDER and "+" not in m and not is_ablation(m))
-        rows += _metric_rows(records, ds, order, mode=mode)
+        rows += _metric_rows(_every_run(records, ds, order), ds, mode=mode)
     return pd.DataFrame(rows)
 
 
 def table3(records, mode="valid") -> pd.DataFrame:
-    """Each encoder with its own readout vs with Atten-Mixer; improvement in % of the former, and the
-    embedding size d of each side (the paper compares at equal d)."""
+    """Each encoder with its own readout vs with Atten-Mixer (the newest run of each side); improvement in %
+    of the former, and the embedding size d of each side (the paper compares at equal d)."""
     rows = []
     for ds in datasets_of(records):
         for enc in TABLE3_ENCODERS:
             pair = {}
             for variant, name in (("original", enc), ("w/ Atten-Mixer", f"{enc}+attenmixer")):
-                for r in _metric_rows(records, ds, [name], mode=mode):
-                    if r["metric"] != "s/epoch":
+                rec = latest_with(records, ds, name)
+                for r in _metric_rows([(name, rec)] if rec else [], ds, mode=mode):
+                    if r["metric"] != TIME:
                         pair[(variant, r["metric"])] = r
             for metric in headline_header(mode):
                 a, b = pair.get(("original", metric)), pair.get(("w/ Atten-Mixer", metric))
                 if a and b:
+                    gain = 100.0 * (b["mean"] - a["mean"]) / a["mean"] if a["mean"] else float("nan")
                     rows.append({"dataset": ds, "encoder": enc, "metric": metric, "original": a["mean"],
                                  "original_std": a["std"], "with_attenmixer": b["mean"],
-                                 "with_attenmixer_std": b["std"],
-                                 "improvement_pct": 100.0 * (b["mean"] - a["mean"]) / a["mean"] if a["mean"] else float("nan"),
+                                 "with_attenmixer_std": b["std"], "improvement_pct": gain,
                                  "dim_original": a["dim"], "dim_with_attenmixer": b["dim"],
                                  "runs": ",".join(sorted({a["run"], b["run"]}))})
     return pd.DataFrame(rows)
@@ -102,10 +161,10 @@ def table3_dims(df: pd.DataFrame) -> str:
 
 
 def table4(records, mode="valid") -> pd.DataFrame:
-    """Atten-Mixer and its ablations (-M, -IP, -LI, -LP)."""
+    """Atten-Mixer and its ablations (-M, -IP, -LI, -LP), per dataset, model and run."""
     rows = []
     for ds in datasets_of(records):
-        rows += [r for r in _metric_rows(records, ds, ABLATIONS, mode=mode) if r["metric"] != "s/epoch"]
+        rows += [r for r in _metric_rows(_every_run(records, ds, ABLATIONS), ds, mode=mode) if r["metric"] != TIME]
     return pd.DataFrame(rows)
 
 
@@ -122,27 +181,97 @@ def expected_missing(records) -> list[str]:
     return missing
 
 
+def _accuracy(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["metric"] != TIME]
+
+
+def several_runs(df: pd.DataFrame) -> bool:
+    """Whether the rows of some dataset come from more than one run (then rows are keyed by model and run)."""
+    acc = _accuracy(df)
+    return not acc.empty and int(acc.groupby("dataset")["run"].nunique().max()) > 1
+
+
+def _fewest_seeds(df: pd.DataFrame) -> int:
+    acc = _accuracy(df)
+    return int(acc["seeds"].min()) if not acc.empty else 0
+
+
+def marks_shown(df: pd.DataFrame) -> bool:
+    """Significance marks (and bold) are printed only within one run per dataset and with enough seeds."""
+    return not df.empty and not several_runs(df) and _fewest_seeds(df) >= MIN_SEEDS_FOR_MARKS
+
+
+def marks_note(df: pd.DataFrame) -> str:
+    """One sentence for a Table 2/4 caption: what its marks mean, or why it has none."""
+    if df.empty:
+        return ""
+    reasons = []
+    if several_runs(df):
+        reasons.append("rows from several runs (marks compare models within one run only)")
+    if _fewest_seeds(df) < MIN_SEEDS_FOR_MARKS:
+        reasons.append(f"fewer than {MIN_SEEDS_FOR_MARKS} seeds (n = {_fewest_seeds(df)})")
+    if reasons:
+        return f"No significance marks: {'; '.join(reasons)}. Underlined: best in its column."
+    acc = _accuracy(df)
+    absent = not acc.groupby(["dataset", "metric"])["best"].any().all()  # e.g. Table 4 of a run with baselines
+    return ("Marks: ** p < 0.01, * p < 0.05 (Holm-corrected paired t-test against the run's best model"
+            + (", which is not in this table" if absent else "") + "); underlined: best in its column; "
+            "bold: best and significantly better (p < 0.01) than every other model.")
+
+
+def _underline(text: str, latex: bool) -> str:
+    return rf"\underline{{{text}}}" if latex else f"<u>{text}</u>"
+
+
+def _row_rank(model: str, first_seen: dict) -> tuple:
+    return (ROW_ORDER.index(model), 0) if model in ROW_ORDER else (len(ROW_ORDER), first_seen[model])
+
+
 def wide(df: pd.DataFrame, row_key="model", latex=False) -> pd.DataFrame:
-    """Long metric rows -> one formatted row per model, a column per (dataset, metric)."""
+    """Long metric rows -> the table as shown: a row per model (per model and run when a dataset's rows come
+    from several runs), a column per (dataset, metric); the best of each accuracy column underlined; marks and
+    bold only where `marks_shown`."""
     if df.empty:
         return df
-    cells = df.apply(lambda r: format_cell(r["mean"], r["std"], r["seeds"], r["mark"],
-                                           r["best"] and r["best_significant"], "latex" if latex else "markdown"),
-                     axis=1)
-    out = df.assign(cell=cells).pivot_table(index=row_key, columns=["dataset", "metric"], values="cell",
-                                            aggfunc="first", sort=False)
-    out.columns = [f"{d} {m}" for d, m in out.columns]
-    return out.reset_index().fillna("–")
+    style, marks = ("latex" if latex else "markdown"), marks_shown(df)
+    keys = [row_key, "run"] if several_runs(df) else [row_key]
+    top = _accuracy(df).groupby(["dataset", "metric"])["mean"].max().to_dict()
+    cells, columns = {}, []
+    for r in df.to_dict("records"):
+        column, key = (r["dataset"], r["metric"]), tuple(r[k] for k in keys)
+        mark = r["mark"] if marks and isinstance(r["mark"], str) else ""
+        bold = marks and bool(r["best"] and r["best_significant"])
+        text = format_cell(r["mean"], r["std"], r["seeds"], "", bold, style)
+        suffix = format_cell(r["mean"], r["std"], r["seeds"], mark, bold, style)[len(text):]  # the mark, styled
+        if r["metric"] != TIME and r["mean"] == top[column]:
+            text = _underline(text, latex)  # the number, not its mark
+        text += suffix
+        cells.setdefault(key, {}).setdefault(column, text)
+        if column not in columns:
+            columns.append(column)
+    datasets = list(dict.fromkeys(d for d, _ in columns))
+    columns.sort(key=lambda c: (datasets.index(c[0]), c[1] == TIME))  # stable: HR, MRR as recorded, then time
+    first_seen = {k[0]: i for i, k in reversed(list(enumerate(cells)))}
+    runs = list(dict.fromkeys(df["run"]))
+    order = sorted(cells, key=lambda k: (_row_rank(k[0], first_seen), runs.index(k[1]) if len(k) > 1 else 0))
+    text_cell = tex_text if latex else str
+    rows = [[text_cell(model_name(k[0]) if row_key == "model" else k[0])] + [text_cell(x) for x in k[1:]]
+            + [cells[k].get(c, "--" if latex else "–") for c in columns] for k in order]
+    shown = pd.DataFrame(rows, columns=keys + [f"{dataset_name(d)} {m}" for d, m in columns])
+    return _latex_frame(shown) if latex else shown
 
 
 def table3_wide(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df
-    f = df.assign(original=df["original"].map("{:.2f}".format),
+    f = df.assign(dataset=df["dataset"].map(dataset_name), encoder=df["encoder"].map(model_name),
+                  original=df["original"].map("{:.2f}".format),
                   with_attenmixer=df["with_attenmixer"].map("{:.2f}".format),
                   improvement=df["improvement_pct"].map("{:+.2f}%".format),
-                  d=[str(a) if a == b else f"{a} vs {b}" for a, b in zip(df["dim_original"], df["dim_with_attenmixer"])])
-    return f[["dataset", "encoder", "d", "metric", "original", "with_attenmixer", "improvement"]]
+                  d=[str(a) if a == b else f"{a} vs {b}"
+                     for a, b in zip(df["dim_original"], df["dim_with_attenmixer"])])
+    shown = f[["dataset", "encoder", "d", "metric", "original", "with_attenmixer", "improvement"]]
+    return shown.rename(columns={"with_attenmixer": "w/ Atten-Mixer"})
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -154,14 +283,90 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _tex(value) -> str:
-    return str(value).replace("_", r"\_").replace("%", r"\%")
+# LaTeX. A shown frame whose cells are LaTeX already (`latex=True`) says so in `attrs`: pandas keeps no marker
+# on the strings themselves. Every other frame holds plain text, escaped here.
+LATEX_ATTR = "latex"
+PACKAGES = "% requires \\usepackage{booktabs}\n"
+TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+               "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": "$<$", ">": "$>$", "|": "$|$"}
+# What pdflatex cannot take as it is, in the forms it can.
+TEX_UNICODE = {"±": r"$\pm$", "–": "--", "—": "---", "×": r"$\times$", "≤": r"$\leq$", "≥": r"$\geq$",
+               "≈": r"$\approx$", "…": r"\ldots{}", "→": r"$\rightarrow$", "·": r"$\cdot$", "−": "-", "’": "'",
+               "‘": "`", "“": "``", "”": "''", "°": r"$^\circ$", "µ": r"$\mu$"}
+GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lamda", "mu",
+         "nu", "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega"}
+TABLE_PREFIX = re.compile(r"\s*Table\s+\d+\w*\s*(?:\((?P<aside>[^)]*)\))?\s*:\s*")
+NUMBER = re.compile(r"(?:\\(?:textbf|underline)\{|<u>|\*\*)*[+-]?\d")
 
 
-def to_latex(df: pd.DataFrame, caption: str) -> str:
-    cols = " & ".join(_tex(c) for c in df.columns)
-    body = "\n".join(" & ".join(_tex(v) for v in row) + r" \\"
-                     for row in df.itertuples(index=False))
-    return (f"\\begin{{table}}[t]\n\\centering\n\\caption{{{caption}}}\n"
-            f"\\begin{{tabular}}{{{'l' * len(df.columns)}}}\n\\toprule\n{cols} \\\\\n\\midrule\n{body}\n"
-            "\\bottomrule\n\\end{tabular}\n\\end{table}\n")
+def _latex_frame(df: pd.DataFrame) -> pd.DataFrame:
+    df.attrs[LATEX_ATTR] = True
+    return df
+
+
+def _tex_char(ch: str) -> str:
+    if ch in TEX_SPECIAL:
+        return TEX_SPECIAL[ch]
+    if ch.isascii():
+        return ch
+    if ch in TEX_UNICODE:
+        return TEX_UNICODE[ch]
+    name = unicodedata.name(ch, "").split()
+    if name[:2] == ["GREEK", "SMALL"] and name[-1].lower() in GREEK:  # σ -> $\sigma$
+        return f"$\\{name[-1].lower().replace('lamda', 'lambda')}$"
+    return unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode() or "?"
+
+
+def tex_text(value) -> str:
+    """Plain text as LaTeX that pdflatex takes: special characters escaped, no Unicode left."""
+    return "--" if _missing(value) else "".join(_tex_char(ch) for ch in str(value))
+
+
+def caption_text(caption: str) -> str:
+    """'Table 2 (valid selection): HR@20 ...' -> 'HR@20 ... (valid selection)': LaTeX numbers its tables."""
+    m = TABLE_PREFIX.match(caption)
+    if not m:
+        return caption.strip()
+    rest = caption[m.end():].strip()
+    return f"{rest} ({m['aside'].strip()})" if m["aside"] else rest
+
+
+def _label(label: str | None, caption: str) -> str:
+    if label is None:  # 'Table 2: ...' -> table2
+        m = re.match(r"\s*Table\s+(\w+)", caption)
+        label = f"table{m[1]}" if m else caption[:40]
+    label = label[4:] if label.startswith("tab:") else label
+    return "tab:" + (re.sub(r"[^A-Za-z0-9:._-]+", "-", label).strip("-") or "table")
+
+
+def _numeric(values) -> bool:
+    texts = [str(v).strip() for v in values if not _missing(v) and str(v).strip() not in ("", "–", "--")]
+    return bool(texts) and all(NUMBER.match(t) for t in texts)
+
+
+def column_format(df: pd.DataFrame) -> str:
+    """'l' for text columns, 'r' for numbers (formatted numbers included)."""
+    return "".join("r" if _numeric(df.iloc[:, i]) else "l" for i in range(df.shape[1]))
+
+
+def _table_float(styler, caption: str, label: str | None, columns: str) -> str:
+    text = styler.to_latex(environment="table", position="t", position_float="centering", hrules=True,
+                           caption=tex_text(caption_text(caption)), label=_label(label, caption),
+                           column_format=columns)
+    return PACKAGES + "".join(_tex_char(ch) if not ch.isascii() else ch for ch in text)
+
+
+def empty_latex(caption: str, label: str | None = None) -> str:
+    """A valid table float whose body says that no run was recorded for it."""
+    styler = pd.DataFrame({"": ["no recorded runs"]}).style.hide(axis="index").hide(axis="columns")
+    return _table_float(styler, caption, label, "l").replace("\\toprule\n\\midrule\n", "\\toprule\n")
+
+
+def to_latex(df: pd.DataFrame, caption: str, label: str | None = None) -> str:
+    """A booktabs `table` float of a shown table, through `Styler.to_latex`. `caption` may start with 'Table N:'
+    (dropped); `label` gives `\\label{tab:<label>}` (default from the caption's table number)."""
+    if df.empty:
+        return empty_latex(caption, label)
+    cell = (lambda v: "--" if _missing(v) else str(v)) if df.attrs.get(LATEX_ATTR) else tex_text
+    styler = df.style.hide(axis="index").format(cell).format_index(tex_text, axis="columns")
+    return _table_float(styler, caption, label, column_format(df))
