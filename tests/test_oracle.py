@@ -187,5 +187,5 @@ def test_intent_recovery_recorded_for_attenmixer(tmp_path):
         assert 0.0 <= rec[key] <= 1.0 and 0.0 <= rec[f"{key}_uniform"] <= 1.0
     assert rec["examples"] > 0
     assert cli.main(["report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 0
-    assert (tmp_path / "rep" / "intent_recovery.png").stat().st_size > 1000
-    assert "## Intent recovery" in (tmp_path / "rep" / "report.md").read_text()
+    assert (tmp_path / "rep" / "r" / "intent_recovery.png").stat().st_size > 1000
+    assert "#### Intent recovery" in (tmp_path / "rep" / "report.md").read_text()

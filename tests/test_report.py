@@ -152,7 +152,7 @@ def test_runs_selects_runs_and_names_unknown_ones(recorded, tmp_path, capsys):
     ('colour = "blue"\n', "unknown key 'colour'"),
     ('[[table]]\nkind = "table9"\nruns = ["main"]\n', "[[table]] 1: kind must be one of"),
     ('[[table]]\nkind = "table2"\nruns = ["main", "ghost"]\n', "no recorded run 'ghost'"),
-    ('[[figure]]\nkind = "timing"\nruns = ["main", "other"]\n', "both have pop"),
+    ('[[figure]]\nkind = "timing"\nruns = ["main", "other"]\n', "both have srgnn"),
     ("runs = [\n", "not TOML"),
 ])
 def test_a_bad_spec_is_one_clear_line(recorded, tmp_path, capsys, text, message):
@@ -193,3 +193,47 @@ def test_the_html_report_renders_every_figure_in_headless_chromium(recorded, tmp
     loaded = re.search(r'data-loaded="(\d+)/(\d+)"', dom)
     assert loaded, dom[-500:]
     assert loaded[1] == loaded[2] and int(loaded[2]) >= 6
+
+
+def rendered(markdown, folder):
+    """The HTML of `markdown`, failing (not hanging) if the renderer loops."""
+    import signal
+
+    from sbr_bench.report.html import render
+
+    def stop(*_):
+        raise TimeoutError("the HTML renderer did not finish")
+
+    signal.signal(signal.SIGALRM, stop)
+    signal.alarm(10)
+    try:
+        return render(markdown, folder)
+    finally:
+        signal.alarm(0)
+
+
+def test_the_html_renderer_takes_every_construct_the_report_writes(tmp_path):
+    import base64
+
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+    (tmp_path / "a b").mkdir()
+    (tmp_path / "a b" / "f.png").write_bytes(png)
+    (tmp_path / "g.png").write_bytes(png)
+    page = rendered("# T\n\n## Table 2\n\n| model | HR |\n|---|---|\n| **A** | 1.0\\*\\* |\n\n- one\n  two\n- three\n\n"
+                    "![x](g.png) ![y](g.png)\n\n![Fig \\[1\\]](a%20b/f.png)\n\n![broken](missing.png\n\n#\n\n"
+                    "text `_id_ **x**` and _it_ and <u>u</u>\n", tmp_path)
+    assert page.count("data:image/png;base64,") == 3 and "<ul><li>one two</li><li>three</li></ul>" in page
+    assert "<td><strong>A</strong></td><td>1.0**</td>" in page and "<code>_id_ **x**</code>" in page
+    assert "<em>it</em>" in page and "<u>u</u>" in page and 'alt="Fig [1]"' in page
+    assert "![broken](missing.png" in page  # not an image line: shown as text
+
+
+@pytest.mark.parametrize("hostile", [
+    '[x](https://a"onmouseover="alert(1)")', "<script>alert(1)</script>", "<img src=x onerror=alert(1)>",
+    "`<b>` and ![a\"b](x.png)", "[x](javascript:alert(1))",
+])
+def test_recorded_text_never_becomes_html(tmp_path, hostile):
+    page = rendered(f"## {hostile}\n\n| {hostile} |\n|---|\n| {hostile} |\n\n- {hostile}\n\n{hostile}\n", tmp_path)
+    body = page[page.index("<body>"):]
+    assert "<script" not in body and "<b>" not in body and 'href="javascript' not in body
+    assert not re.search(r"<[a-z]+\b[^>]*\son\w+\s*=", body)  # no element with an event attribute

@@ -1,4 +1,4 @@
-"""Publication-quality figures: both widths in every format at exact sizes, text of at least 7 pt inside the
+"""Publication-quality figures: both widths in every format at exact sizes, text of at least 8 pt inside the
 figure, legends of display names clear of the data, the right axes, and numbers that equal the records."""
 
 import contextlib
@@ -120,7 +120,7 @@ def test_text_is_at_least_7pt_and_inside_the_figure(shown):
     for key in STEMS:
         for width, fig in both_widths(shown, key):
             texts = [t for t in fig.findobj(Text) if t.get_text()]
-            assert texts and min(t.get_fontsize() for t in texts) >= 7, (key, width)
+            assert texts and min(t.get_fontsize() for t in texts) >= 8, (key, width)
             assert all(ax.xaxis.label.get_fontsize() == 8 for ax in fig.axes)
             inside = fig.get_tightbbox(fig.canvas.get_renderer())  # inches; nothing may be cut off
             assert inside.x0 >= -0.01 and inside.y0 >= -0.01, (key, width)

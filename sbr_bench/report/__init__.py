@@ -8,7 +8,9 @@ one run, so a table over several runs prints none.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -17,13 +19,14 @@ from ..io import read_json, write_text
 from ..runs import config_hash, selection_caption, selection_of
 from . import figures, tables
 from .html import write_html
-from .names import dataset_name
+from .names import dataset_name, model_name
 from .records import load_runs
 from .spec import ReportSpec
-from .tuning import tuning_sections
+from .tuning import tune_folders, tuning_sections
 
 TABLES = {  # kind -> (file stem, caption, tidy rows, shown table)
-    "table2": ("table2_overall", "Table 2: HR@20, MRR@20 and seconds per training epoch (median)",
+    "table2": ("table2_overall", "Table 2: HR@20, MRR@20 (mean ± std over seeds) and seconds per training epoch "
+               "(median ± interquartile range over epochs)",
                tables.table2, tables.wide),
     "table3": ("table3_with_attenmixer", "Table 3: encoders with their own readout vs with Atten-Mixer, at equal d",
                tables.table3, lambda df, latex=False: tables.table3_wide(df)),
@@ -41,13 +44,15 @@ def settings_key(rec) -> str:
     return config_hash({k: v for k, v in rec.config.items() if k not in RUN_SPECIFIC})
 
 
-def select(records, wanted) -> list:
-    """The records of the runs named in `wanted` (run ids), in that order; an unknown id is an error."""
+def select(records, wanted, where: str = "--runs") -> list:
+    """The records of the runs named in `wanted` (run ids), in that order, each once; an unknown id is an
+    error naming `where` it was asked for."""
     by_id = {r.run_id: r for r in records}
     missing = [w for w in wanted if w not in by_id]
     if missing:
-        raise UserError(f"--runs: no recorded run '{missing[0]}' (recorded: {', '.join(by_id) or 'none'})")
-    return [by_id[w] for w in wanted]
+        raise UserError(f"{where}: no recorded run '{missing[0]}' among those reported "
+                        f"({', '.join(by_id) or 'none'})")
+    return [by_id[w] for w in dict.fromkeys(wanted)]
 
 
 def _write_table(out: Path, rel: str, tidy: pd.DataFrame, shown: pd.DataFrame, shown_tex: pd.DataFrame,
@@ -81,15 +86,21 @@ def _figure(out: Path, label: str, result, rel_dir: str = "") -> str | None:
         write_text(out / rel_dir / f"{stem}.csv", pd.DataFrame(result[2]).to_csv(index=False))
     path = f"{rel_dir}/{stem}" if rel_dir else stem
     caption = caption.replace(f"`{stem}_column.", f"`{path}_column.")
-    return f"### {label}\n\n![{label}]({path}.png)\n\n{caption} Also `{path}.svg`, `{path}.pdf`.\n"
+    alt = re.sub(r"([\[\]\\])", r"\\\1", label)
+    return f"### {label}\n\n![{alt}]({quote(path)}.png)\n\n{caption} Also `{path}.svg`, `{path}.pdf`.\n"
 
 
 def _run_section(out: Path, rec) -> list[str]:
     """Tables 2-4 and the per-run figures of one run, in `<out>/<run-id>/`."""
     folder = out / rec.run_id
     folder.mkdir(parents=True, exist_ok=True)
-    parts = [f"### Run `{rec.run_id}`\n\nModels {', '.join(rec.config.get('models', []))}; seeds "
-             f"{rec.config.get('seeds', [])}; `{rec.config.get('command', '')}`.\n"]
+    parts = [f"### Run `{rec.run_id}`\n\nModels {', '.join(model_name(m) for m in rec.config.get('models', []))}; "
+             f"seeds {rec.config.get('seeds', [])}; `{rec.config.get('command', '')}`.\n"]
+    broken = [f"- {model_name(m)}: {e['status']}; " + "; ".join(f"seed {s}: {why}" for s, why in e["failed"].items())
+              for m, e in rec.results["models"].items() if e["status"] != "ok" and e.get("failed")]
+    if broken:  # failed models are not in the tables: say so here
+        parts.append("Models that did not finish every seed (failed seeds are left out of the tables):\n\n"
+                     + "\n".join(broken) + "\n")
     notes = rec.config.get("settings_notes", [])
     if notes:  # what a dataset's size made the run apply (epoch caps, Atten-Mixer's d on synthetic data)
         parts.append("Settings the dataset's size applied:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
@@ -109,14 +120,12 @@ def _spec_sections(out: Path, spec: ReportSpec, by_id: dict) -> list[str]:
              "marks (each run's test compares its own models only).\n"] if spec.tables or spec.figures else []
     for i, part in enumerate(spec.tables):
         recs = [by_id[r] for r in part.runs]
-        modes = {selection_of(r.config) for r in recs}
-        if len(modes) > 1:
-            raise UserError(f"report spec: {part.kind} over runs {', '.join(part.runs)} mixes selection modes "
-                            f"({', '.join(sorted(modes))}); one table holds one mode")
+        _check_one_mode(part, recs)
         rel = f"spec/{part.label or f'{part.kind}-{i + 1}'}"
         parts.append(_table(out, part.kind, recs, rel, part.caption, heading="###"))
     for i, part in enumerate(spec.figures):
         recs = [by_id[r] for r in part.runs]
+        _check_one_mode(part, recs)
         _check_one_run_per_model(part, recs)
         folder = f"spec/{part.label or f'{part.kind}-{i + 1}'}"
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -126,10 +135,20 @@ def _spec_sections(out: Path, spec: ReportSpec, by_id: dict) -> list[str]:
     return parts
 
 
+def _check_one_mode(part, recs) -> None:
+    modes = {selection_of(r.config) for r in recs}
+    if len(modes) > 1:
+        raise UserError(f"report spec: {part.kind} over runs {', '.join(part.runs)} mixes selection modes "
+                        f"({', '.join(sorted(modes))}); one table or figure holds one mode")
+
+
 def _check_one_run_per_model(part, recs) -> None:
+    """A figure draws each (dataset, model) once: two runs may not both bring a model it draws."""
+    drawn = figures.FIG7_MODELS if part.kind == "figure7" else None
     seen = {}
     for rec in recs:
-        for model in rec.ok_models():
+        timed = {m for m, e in rec.results["models"].items() if "epoch_median_s" in e.get("timing", {})}
+        for model in [m for m in rec.ok_models() if m in (drawn if drawn is not None else timed)]:
             key = (rec.dataset, model)
             if key in seen:
                 raise UserError(f"report spec: {part.kind} over runs {', '.join(part.runs)}: runs '{seen[key]}' and "
@@ -155,17 +174,19 @@ def build_report(runs_dir="runs", out_dir="reports/latest", runs=None, spec=None
     out.mkdir(parents=True, exist_ok=True)
     records, problems = load_runs(runs_dir)
     wanted = runs or (spec.runs if spec else None)
-    if wanted:
-        records = select(records, wanted)
+    if wanted:  # tune folders are named like runs but reported by their own section
+        tune_ids = {p.name for p in tune_folders(runs_dir)}
+        records = select(records, [w for w in wanted if w not in tune_ids])
     if spec is not None:
-        select(records, [r for part in spec.tables + spec.figures for r in part.runs])
+        for part in spec.tables + spec.figures:
+            select(records, part.runs, f"report spec: {part.kind} ({part.label or 'no label'})")
     plain = [r for r in records if r.kind == "run" and not r.sweep]
     parts = [f"# sbr-bench report\n\nBuilt from {len(records)} recorded run(s) under `{runs_dir}` (no retraining). "
              "Metrics are ×100 on the test split, mean ± std over seeds; ties are broken uniformly at random in "
              "expectation. Each run has its own tables and figures (files in a folder named after it); runs of "
              "different datasets, selection modes or settings are never put in one table, and only a report spec "
              "puts several runs in one. What the marks in a table mean (or why it has none) is in its caption.\n"]
-    parts += published_sections(runs_dir)
+    parts += published_sections(runs_dir) if not wanted else []  # a selection names runs, not reproductions
 
     t1 = tables.table1(records)
     parts.append(_write_table(out, "table1_datasets", t1, tables.table1_wide(t1), tables.table1_wide(t1, latex=True),
@@ -181,7 +202,7 @@ def build_report(runs_dir="runs", out_dir="reports/latest", runs=None, spec=None
     if spec is not None:
         parts += _spec_sections(out, spec, {r.run_id: r for r in records})
 
-    parts += tuning_sections(runs_dir, out)
+    parts += tuning_sections(runs_dir, out, only=wanted)
     missing = tables.expected_missing(records)
     shared = [("Figure 3", figures.figure3_density(records, out)),
               ("Figure 5", figures.figure_sweep(records, out, "levels", 5)),

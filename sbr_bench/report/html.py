@@ -12,17 +12,19 @@ import base64
 import html
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 from ..io import write_text
 
-IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
-INLINE = [  # applied in order to escaped text
-    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+IMAGE = re.compile(r"!\[((?:\\.|[^\]\\])*)\]\(([^)\s]+)\)")
+IMAGES_LINE = re.compile(rf"^(?:{IMAGE.pattern}\s*)+$")
+CODE = re.compile(r"(`[^`]+`)")
+INLINE = [  # applied in order to escaped text outside code spans
     (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
     (re.compile(r"(?<![\w\\])_([^_]+)_(?!\w)"), r"<em>\1</em>"),
-    (re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+|[\w./#-]+)\)"), r'<a href="\2">\1</a>'),
+    (re.compile(r"\[([^\]]+)\]\((https?://[^)\s&\"'<>]+|[\w./#%-]+)\)"), r'<a href="\2">\1</a>'),
     (re.compile(r"&lt;(/?)u&gt;"), r"<\1u>"),
-    (re.compile(r"\\([*_`\\|])"), r"\1"),
+    (re.compile(r"\\([*_`\\|\[\]])"), r"\1"),
 ]
 STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #bbb;padding:.25em .6em}
@@ -31,10 +33,18 @@ code{background:#f4f4f4;padding:0 .2em}figure{margin:1.5em 0}"""
 
 
 def inline(text: str) -> str:
-    out = html.escape(text, quote=False)
-    for pattern, replacement in INLINE:
-        out = pattern.sub(replacement, out)
-    return out
+    """Escaped text (quotes too: nothing recorded becomes an attribute) with the inline markup applied
+    outside code spans."""
+    out = []
+    for i, piece in enumerate(CODE.split(text)):
+        if i % 2:  # a code span: escaped, nothing inside it is markup
+            out.append(f"<code>{html.escape(piece[1:-1])}</code>")
+            continue
+        piece = html.escape(piece)
+        for pattern, replacement in INLINE:
+            piece = pattern.sub(replacement, piece)
+        out.append(piece)
+    return "".join(out)
 
 
 def _cells(line: str) -> list[str]:
@@ -43,7 +53,8 @@ def _cells(line: str) -> list[str]:
 
 
 def _image(alt: str, target: str, folder: Path) -> str:
-    path = folder / target
+    alt = re.sub(r"\\(.)", r"\1", alt)
+    path = folder / unquote(target)
     if path.suffix.lower() != ".png" or not path.is_file():
         return f"<p><em>missing figure: {html.escape(target)}</em></p>"
     data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -61,8 +72,8 @@ def render(markdown: str, folder: Path, title: str = "sbr-bench report") -> str:
         elif m := re.match(r"^(#{1,6}) (.*)$", line):
             out.append(f"<h{len(m[1])}>{inline(m[2])}</h{len(m[1])}>")
             i += 1
-        elif m := IMAGE.match(line.strip()):
-            out.append(_image(m[1], m[2], folder))
+        elif IMAGES_LINE.match(line.strip()):  # one or more images alone on a line
+            out += [_image(m[1], m[2], folder) for m in IMAGE.finditer(line)]
             i += 1
         elif line.startswith("|"):
             rows = []
@@ -82,9 +93,11 @@ def render(markdown: str, folder: Path, title: str = "sbr-bench report") -> str:
                     items[-1] += " " + lines[i].strip()
                 i += 1
             out.append("<ul>" + "".join(f"<li>{inline(t)}</li>" for t in items) + "</ul>")
-        else:
-            para = []
-            while i < len(lines) and lines[i].strip() and not re.match(r"^(#{1,6} |\||- |!\[)", lines[i]):
+        else:  # a paragraph: this line (whatever it is) and the plain lines after it
+            para = [line.strip()]
+            i += 1
+            while i < len(lines) and lines[i].strip() and not re.match(r"^(#{1,6} |\||- )", lines[i]) \
+                    and not IMAGES_LINE.match(lines[i].strip()):
                 para.append(lines[i].strip())
                 i += 1
             out.append(f"<p>{inline(' '.join(para))}</p>")

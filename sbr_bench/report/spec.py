@@ -64,6 +64,10 @@ class ReportSpec:
                        for i, entry in enumerate(_entries(data.get("table", []), f"{where}: table")))
         figures = tuple(_part(entry, f"{where}: [[figure]] {i + 1}", FIGURE_KINDS)
                         for i, entry in enumerate(_entries(data.get("figure", []), f"{where}: figure")))
+        labels = [p.label for p in tables + figures if p.label]
+        if len(labels) != len(set(labels)):
+            raise UserError(f"{where}: label '{next(x for x in labels if labels.count(x) > 1)}' is used twice "
+                            "(labels name files)")
         for part in tables + figures:
             outside = [r for r in part.runs if runs is not None and r not in runs]
             if outside:

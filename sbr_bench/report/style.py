@@ -2,7 +2,7 @@
 
 A figure is a `draw(width) -> Figure` function; `save` draws it at double-column width (`<stem>.*`) and at
 single-column width (`<stem>_column.*`) inside `paper(width)`, so both come out at their printed size with
-8 pt text (7 pt ticks and legends) and exact pixel sizes (no bbox tightening: the layout is constrained)."""
+8 pt text, ticks and legends and exact pixel sizes (no bbox tightening: the layout is constrained)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ WIDTHS = (("", DOUBLE), ("_column", COLUMN))  # stem suffix -> width
 DPI = 300
 FORMATS = ("png", "pdf", "svg")
 FONT_PT = 8
-SMALL_PT = 7  # ticks and legends; never smaller
+SMALL_PT = 8  # ticks and legends: the 8-9 pt a paper column needs
 # Okabe & Ito's colour-blind-safe palette, yellow last (it is faint on white).
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LOG2_PARAMETERS = ("heads",)  # swept over powers of two
-MIN_PANEL_IN = 1.65  # narrowest panel that keeps 7 pt tick labels apart
+MIN_PANEL_IN = 1.65  # narrowest panel that keeps 8 pt tick labels apart
 _TEXT = TextToPath()  # measures text without a figure
 
 RC = {

@@ -100,7 +100,8 @@ def _metric_rows(pairs, dataset, extra=None, mode="valid"):
                              std=stat["std"], seeds=stat["n"], mark=sig.get("mark", ""),
                              best=best.get(metric, {}).get("model") == model,
                              best_significant=best.get(metric, {}).get("significant", False),
-                             run=rec.run_id, dim=rec.config.get("cfg", {}).get(model, {}).get("dim")))
+                             run=rec.run_id, dim=rec.config.get("cfg", {}).get(model, {}).get("dim"),
+                             seed_set=",".join(str(x) for x in sorted(entry.get("seeds_ok", [])))))
         timing = entry.get("timing", {})
         if "epoch_median_s" in timing:
             rows.append(dict(extra or {}, dataset=dataset, selection=mode, model=model, metric=TIME,
@@ -186,9 +187,9 @@ def _accuracy(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def several_runs(df: pd.DataFrame) -> bool:
-    """Whether the rows of some dataset come from more than one run (then rows are keyed by model and run)."""
+    """Whether the rows come from more than one run (then every row names its run)."""
     acc = _accuracy(df)
-    return not acc.empty and int(acc.groupby("dataset")["run"].nunique().max()) > 1
+    return not acc.empty and acc["run"].nunique() > 1
 
 
 def _fewest_seeds(df: pd.DataFrame) -> int:
@@ -196,9 +197,17 @@ def _fewest_seeds(df: pd.DataFrame) -> int:
     return int(acc["seeds"].min()) if not acc.empty else 0
 
 
+def _different_seeds(df: pd.DataFrame) -> bool:
+    """Whether the models finished different sets of seeds (a test over per-example values averaged over
+    seeds then compares unlike averages)."""
+    acc = _accuracy(df)
+    return "seed_set" in acc and acc["seed_set"].nunique() > 1
+
+
 def marks_shown(df: pd.DataFrame) -> bool:
-    """Significance marks (and bold) are printed only within one run per dataset and with enough seeds."""
-    return not df.empty and not several_runs(df) and _fewest_seeds(df) >= MIN_SEEDS_FOR_MARKS
+    """Significance marks (and bold) are printed only within one run, with enough seeds, the same for all."""
+    return (not df.empty and not several_runs(df) and _fewest_seeds(df) >= MIN_SEEDS_FOR_MARKS
+            and not _different_seeds(df))
 
 
 def marks_note(df: pd.DataFrame) -> str:
@@ -210,6 +219,8 @@ def marks_note(df: pd.DataFrame) -> str:
         reasons.append("rows from several runs (marks compare models within one run only)")
     if _fewest_seeds(df) < MIN_SEEDS_FOR_MARKS:
         reasons.append(f"fewer than {MIN_SEEDS_FOR_MARKS} seeds (n = {_fewest_seeds(df)})")
+    if _different_seeds(df):
+        reasons.append("the models finished different seeds")
     if reasons:
         return f"No significance marks: {'; '.join(reasons)}. Underlined: best in its column."
     acc = _accuracy(df)
@@ -270,8 +281,10 @@ def table3_wide(df: pd.DataFrame) -> pd.DataFrame:
                   improvement=df["improvement_pct"].map("{:+.2f}%".format),
                   d=[str(a) if a == b else f"{a} vs {b}"
                      for a, b in zip(df["dim_original"], df["dim_with_attenmixer"])])
-    shown = f[["dataset", "encoder", "d", "metric", "original", "with_attenmixer", "improvement"]]
-    return shown.rename(columns={"with_attenmixer": "w/ Atten-Mixer"})
+    keys = ["dataset", "encoder", "d", "metric", "original", "with_attenmixer", "improvement"]
+    if df["runs"].nunique() > 1 or df["runs"].str.contains(",").any():  # the rows name the runs they came from
+        keys.append("runs")
+    return f[keys].rename(columns={"with_attenmixer": "w/ Atten-Mixer"})
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -336,7 +349,7 @@ def _label(label: str | None, caption: str) -> str:
         m = re.match(r"\s*Table\s+(\w+)", caption)
         label = f"table{m[1]}" if m else caption[:40]
     label = label[4:] if label.startswith("tab:") else label
-    return "tab:" + (re.sub(r"[^A-Za-z0-9:._-]+", "-", label).strip("-") or "table")
+    return "tab:" + (re.sub(r"[^A-Za-z0-9:._+=-]+", "-", label).strip("-") or "table")
 
 
 def _numeric(values) -> bool:
@@ -344,9 +357,13 @@ def _numeric(values) -> bool:
     return bool(texts) and all(NUMBER.match(t) for t in texts)
 
 
+TEXT_COLUMNS = ("model", "run", "runs", "dataset", "encoder", "statistic", "metric", "d")
+
+
 def column_format(df: pd.DataFrame) -> str:
-    """'l' for text columns, 'r' for numbers (formatted numbers included)."""
-    return "".join("r" if _numeric(df.iloc[:, i]) else "l" for i in range(df.shape[1]))
+    """'l' for text columns (the key columns always: run ids may look like numbers), 'r' for numbers."""
+    return "".join("r" if str(col) not in TEXT_COLUMNS and _numeric(df.iloc[:, i]) else "l"
+                   for i, col in enumerate(df.columns))
 
 
 def _table_float(styler, caption: str, label: str | None, columns: str) -> str:

@@ -21,8 +21,9 @@ def tune_folders(runs_dir) -> list[Path]:
     return sorted(p for p in Path(runs_dir).iterdir() if (p / TUNE_RECORD).exists() and (p / SUMMARY_FILE).exists())
 
 
-def tuning_sections(runs_dir, out: Path) -> list[str]:
-    return [_section(folder, out) for folder in tune_folders(runs_dir)]
+def tuning_sections(runs_dir, out: Path, only=None) -> list[str]:
+    """The sections of every tune folder under `runs_dir` (of those named in `only`, when given)."""
+    return [_section(folder, out) for folder in tune_folders(runs_dir) if only is None or folder.name in only]
 
 
 def _results(folder: Path, which: str) -> dict:
@@ -128,7 +129,7 @@ def _plots(folder: Path, record: dict, summary: dict, out: Path) -> list[str]:
                     made.append(_save(ax.figure, out, f"tuning_{folder.name}_{model}_importance"))
                 except (RuntimeError, ValueError) as e:  # e.g. every trial with the same parameters
                     parts.append(f"Importances of {model}: not computable ({e}).\n")
-        parts.append(" ".join(f"![{model}]({stem}.png)" for stem in made) + "\n")
+        parts += [f"![{model}]({stem}.png)\n" for stem in made]
     return parts
 
 
