@@ -29,9 +29,9 @@ STATISTICS = (
     ("items", "items"),
     ("avg_length", "average length"),
     ("whole_sessions", "whole sessions (before augmentation)"),
-    ("train_examples", "train sessions"),
-    ("valid_examples", "validation sessions"),
-    ("test_examples", "test sessions"),
+    ("train_examples", "train examples (prefixes)"),
+    ("valid_examples", "validation examples"),
+    ("test_examples", "test examples"),
 )
 
 
