@@ -55,7 +55,7 @@ def test_table1_gives_disagreeing_runs_their_own_columns():
     shown = tables.table1_wide(tables.table1(runs))
     assert list(shown.columns) == ["statistic", "Diginetica (r1)", "Diginetica (r2)", "Last.fm"]
     cell = dict(zip(shown["statistic"], shown["Last.fm"]))
-    assert cell["clicks"] == "982,961" and cell["average length"] == "5.00" and cell["train sessions"] == "–"
+    assert cell["clicks"] == "982,961" and cell["average length"] == "5.00" and cell["train examples (prefixes)"] == "–"
 
 
 def test_marks_only_with_three_seeds_in_one_run(records):
