@@ -139,8 +139,8 @@ def test_the_report_shows_tuned_beside_defaults_with_budgets_and_plots(tuned, tm
     assert "tuned MRR@20" in header and "defaults MRR@20" in header and "best parameters" in header
     assert section.index("| sknn") < section.index("| srgnn")  # Table 2's order
     for name in ("srgnn", "sknn"):
-        assert (tmp_path / f"tuning_t_{name}_history.png").stat().st_size > 0
-        assert (tmp_path / f"tuning_t_{name}_importance.png").stat().st_size > 0
+        for stem in (f"tuning_t_{name}_history", f"tuning_t_{name}_importance"):  # at both widths (report style)
+            assert (tmp_path / f"{stem}.png").stat().st_size > 0 and (tmp_path / f"{stem}_column.pdf").stat().st_size > 0
 
 
 def test_the_recorded_tuning_reads_back(tuned):

@@ -12,7 +12,6 @@ from collections import defaultdict
 import numpy as np
 
 from ..evaluate import bucket_metrics
-from ..io import atomic_path
 from ..models.registry import TABLE2_ORDER
 from . import style
 from .names import dataset_name, model_name, parameter_name
@@ -23,17 +22,6 @@ FINE_EDGES = (2, 3, 5, 8, 12)
 METRICS = ("HR@20", "MRR@20")
 TRAIN_PHASES = (("data", "data loading"), ("forward", "forward"), ("backward", "backward"))
 INTENT_MEASURES = (("target_concept", "target's concept"), ("on_intent", "on-intent clicks"))
-
-
-def _save(fig, out_dir, name):
-    """One figure as drawn, in every format (Optuna's tuning plots, drawn outside the paper style)."""
-    import matplotlib.pyplot as plt
-
-    for fmt in style.FORMATS:
-        with atomic_path(out_dir / f"{name}.{fmt}") as tmp:
-            fig.savefig(tmp, format=fmt, bbox_inches="tight", dpi=style.DPI)
-    plt.close(fig)
-    return name
 
 
 def _provenance(recs) -> str:

@@ -13,7 +13,8 @@ from ..io import read_json, write_text
 from ..models.registry import TABLE2_ORDER
 from ..runs import HEADLINE, RunDir, collect_results, format_cell, selection_caption
 from ..tuning import OBJECTIVE, SUMMARY_FILE, TUNE_RECORD, params_text, study_name
-from .figures import _save
+from . import style
+from .names import model_name
 from .tables import to_markdown
 
 
@@ -119,18 +120,28 @@ def _plots(folder: Path, record: dict, summary: dict, out: Path) -> list[str]:
         made = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-            ax = plots.plot_optimization_history(study, target_name=f"validation {OBJECTIVE}")
-            _title(ax, f"{model}: optimisation history")
-            made.append(_save(ax.figure, out, f"tuning_{folder.name}_{model}_history"))
+            history = _optuna_figure(lambda: plots.plot_optimization_history(
+                study, target_name=f"validation {OBJECTIVE}"), f"{model_name(model)}: optimisation history")
+            made.append(style.save(history, out, f"tuning_{folder.name}_{model}_history"))
             if entry["complete"] >= 2 and len(study.best_params) > 0:
+                importances = _optuna_figure(lambda: plots.plot_param_importances(study),
+                                             f"{model_name(model)}: parameter importances (fANOVA)")
                 try:
-                    ax = plots.plot_param_importances(study)
-                    _title(ax, f"{model}: parameter importances (fANOVA)")
-                    made.append(_save(ax.figure, out, f"tuning_{folder.name}_{model}_importance"))
+                    made.append(style.save(importances, out, f"tuning_{folder.name}_{model}_importance"))
                 except (RuntimeError, ValueError) as e:  # e.g. every trial with the same parameters
                     parts.append(f"Importances of {model}: not computable ({e}).\n")
         parts += [f"![{model}]({stem}.png)\n" for stem in made]
     return parts
+
+
+def _optuna_figure(plot, title: str):
+    """A `style.save` draw function around one of Optuna's matplotlib plots, sized by the report's style."""
+    def draw(width):
+        ax = plot()
+        ax.figure.set_size_inches(width, width * 0.62)
+        _title(ax, title)
+        return ax.figure
+    return draw
 
 
 def _title(ax, text: str) -> None:
