@@ -217,3 +217,21 @@ def test_intent_recovery_bars_have_errorbars(made, shown):
     for _, fig in both_widths(shown, "intent"):
         assert legend_labels(fig) == ["model attention", "uniform attention"]
         assert all(c.errorbar is not None for c in bars(fig, "model attention"))
+
+
+def test_sweeps_with_other_settings_stay_separate_lines():
+    from types import SimpleNamespace
+
+    def point(sweep_id, value, hr):
+        test = {"HR@20": {"mean": hr, "std": 0.0}, "MRR@20": {"mean": hr / 2, "std": 0.0}}
+        return SimpleNamespace(sweep={"param": "levels", "model": "attenmixer", "id": sweep_id, "value": value},
+                               dataset="d", results={"models": {"attenmixer": {"status": "ok", "test": test}}})
+
+    records = [point("a", 1, 10.0), point("a", 2, 11.0), point("b", 1, 50.0), point("b", 2, 51.0)]
+    points = figures.sweep_points(records, "levels")
+    assert {k: sorted(v) for k, v in points.items()} == {("d", "attenmixer", "a"): [1, 2],
+                                                         ("d", "attenmixer", "b"): [1, 2]}
+    assert points[("d", "attenmixer", "b")][1][0]["HR@20"]["mean"] == 50.0  # not overwritten by sweep a
+    assert set(figures._sweep_labels(points).values()) == {"Atten-Mixer (a)", "Atten-Mixer (b)"}
+    assert figures._sweep_labels({k: v for k, v in points.items() if k[2] == "a"}) == \
+        {("d", "attenmixer", "a"): "Atten-Mixer"}

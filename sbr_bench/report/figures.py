@@ -97,7 +97,8 @@ def figure3_density(records, out_dir):
 
 
 def sweep_points(records, param) -> dict:
-    """(dataset, model) -> value -> (test stats, record) of every finished point of a sweep over `param`."""
+    """(dataset, model, sweep id) -> value -> (test stats, record) of every finished point of a sweep over
+    `param`: sweeps of other settings (another id) stay separate lines, never merged point by point."""
     points = defaultdict(dict)
     for rec in records:
         sw = rec.sweep
@@ -105,27 +106,38 @@ def sweep_points(records, param) -> dict:
             continue
         entry = rec.results["models"].get(sw["model"])
         if entry and entry["status"] != "failed":
-            points[(rec.dataset, sw["model"])][sw["value"]] = (entry["test"], rec)
+            points[(rec.dataset, sw["model"], sw.get("id", ""))][sw["value"]] = (entry["test"], rec)
     return dict(points)
 
 
+def _sweep_labels(points) -> dict:
+    """Each line's legend label: the model's name, and its sweep id where one model has several sweeps."""
+    sweeps = defaultdict(set)
+    for ds, model, sweep in points:
+        sweeps[model].add(sweep)
+    return {key: model_name(key[1]) + (f" ({key[2]})" if len(sweeps[key[1]]) > 1 else "") for key in points}
+
+
 def draw_sweep(points, param, width):
-    """One panel per dataset and metric, one line per model, mean ± std over seeds."""
-    datasets = list(dict.fromkeys(ds for ds, _ in points))
-    models = table2_order(m for _, m in points)
+    """One panel per dataset and metric, one line per model (and sweep), mean ± std over seeds."""
+    datasets = list(dict.fromkeys(ds for ds, _, _ in points))
+    order = {m: i for i, m in enumerate(table2_order(m for _, m, _ in points))}
+    series = sorted({(m, sw) for _, m, sw in points}, key=lambda ms: (order[ms[0]], ms[1]))
+    labels = _sweep_labels(points)
     cells = [(ds, metric) for ds in datasets for metric in METRICS]
     cols = max(2, style.max_columns(width) // 2 * 2)  # even: a dataset's two metrics side by side
-    fig, axes = style.panels(width, len(cells), [model_name(m) for m in models], max_cols=cols)
+    names = list(dict.fromkeys(labels[(ds, m, sw)] for ds in datasets for m, sw in series if (ds, m, sw) in points))
+    fig, axes = style.panels(width, len(cells), names, max_cols=cols)
     for ax, (ds, metric) in zip(axes, cells):
         values = set()
-        for i, model in enumerate(models):
-            by_value = points.get((ds, model))
+        for i, (model, sweep) in enumerate(series):
+            by_value = points.get((ds, model, sweep))
             if not by_value:
                 continue
             xs = sorted(by_value)
             values.update(xs)
             ax.errorbar(xs, [by_value[x][0][metric]["mean"] for x in xs],
-                        yerr=[by_value[x][0][metric]["std"] for x in xs], label=model_name(model),
+                        yerr=[by_value[x][0][metric]["std"] for x in xs], label=labels[(ds, model, sweep)],
                         **style.series_style(i))
         ax.set(title=dataset_name(ds), xlabel=parameter_name(param), ylabel=f"{metric} (×100)")
         style.parameter_axis(ax, param, sorted(values))
