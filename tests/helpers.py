@@ -57,3 +57,11 @@ def assert_gradients_reach_every_parameter(model, split, n_items) -> None:
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def assert_weight_groups_cover_every_linear(model) -> dict:
+    """The model's Figure-2 weight groups list exactly its nn.Linear layers; returns the groups."""
+    groups = model.weight_groups()
+    listed = {p for paths in groups.values() for p in paths}
+    assert listed == {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return groups

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import shared_path
-from helpers import assert_batching_invariant, assert_gradients_reach_every_parameter, popularity_hr20, trained_hr20
+from helpers import (assert_batching_invariant, assert_gradients_reach_every_parameter,
+                     assert_weight_groups_cover_every_linear, popularity_hr20, trained_hr20)
 from sbr_bench.data.graphs import collate_examples
 from sbr_bench.data.sessions import Split
 from sbr_bench.errors import ConfigError
@@ -114,11 +115,7 @@ def test_gradients_reach_every_parameter(tiny):
 
 
 def test_weight_groups_cover_every_linear(tiny):
-    model, _ = dsan(tiny.n_items)
-    groups = model.weight_groups()
-    modules = dict(model.named_modules())
-    listed = {p for paths in groups.values() for p in paths}
-    assert listed == {n for n, m in modules.items() if isinstance(m, nn.Linear)}
+    groups = assert_weight_groups_cover_every_linear(dsan(tiny.n_items)[0])
     assert groups["gnn.propagation"] == ["encoder.query", "encoder.ffn1", "encoder.ffn2"]
     assert groups["gnn.other"] == ["encoder.alpha_w"]
     assert (groups["readout.key"], groups["readout.query"], groups["readout.other"], groups["readout.transform"]) \

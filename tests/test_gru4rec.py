@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import shared_path
-from helpers import assert_batching_invariant, popularity_hr20, trained_hr20
+from helpers import (assert_batching_invariant, assert_weight_groups_cover_every_linear,
+                     popularity_hr20, trained_hr20)
 from sbr_bench.data.graphs import collate_examples
 from sbr_bench.data.sessions import Sessions, Split
 from sbr_bench.errors import ConfigError
@@ -306,9 +307,6 @@ def test_training_on_the_real_diginetica_sample_beats_popularity(tmp_path):
 
 
 def test_weight_groups_cover_every_linear():
-    model, _ = gru4rec(20, layers=2)
-    groups = model.weight_groups()
+    groups = assert_weight_groups_cover_every_linear(gru4rec(20, layers=2)[0])
     assert groups == {"gnn.gate_ih": ["encoder.x2h.0", "encoder.x2h.1"],
                       "gnn.gate_hh": ["encoder.h2h.0", "encoder.h2h.1"]}
-    assert {p for paths in groups.values() for p in paths} == \
-        {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

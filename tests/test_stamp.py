@@ -4,10 +4,10 @@ invariance, gradients, weight groups, defaults, and a short training run that be
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from conftest import shared_path
-from helpers import assert_batching_invariant, assert_gradients_reach_every_parameter, popularity_hr20, trained_hr20
+from helpers import (assert_batching_invariant, assert_gradients_reach_every_parameter,
+                     assert_weight_groups_cover_every_linear, popularity_hr20, trained_hr20)
 from sbr_bench.data.graphs import collate_examples
 from sbr_bench.models.registry import build_model
 from sbr_bench.models.stamp import STAMPReadout
@@ -59,11 +59,7 @@ def test_gradients_reach_every_parameter(tiny):
 
 
 def test_weight_groups_cover_every_linear(tiny):
-    model, _ = stamp(tiny.n_items)
-    groups = model.weight_groups()
-    modules = dict(model.named_modules())
-    listed = {p for paths in groups.values() for p in paths}
-    assert listed == {n for n, m in modules.items() if isinstance(m, nn.Linear)}
+    groups = assert_weight_groups_cover_every_linear(stamp(tiny.n_items)[0])
     assert groups["readout.transform"] == ["readout.mlp_s", "readout.mlp_t"]
 
 
