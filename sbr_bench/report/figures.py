@@ -29,7 +29,7 @@ def _provenance(recs) -> str:
     seeds = sorted({s for r in recs for s in r.config.get("seeds", [])})
     hardware = "; ".join(sorted({r.hardware() for r in recs}))
     return (f"runs {', '.join(r.run_id for r in recs)}; seeds {seeds}; dataset "
-            f"{', '.join(sorted({r.dataset for r in recs}))}; hardware {hardware}")
+            f"{', '.join(sorted({dataset_name(r.dataset) for r in recs}))}; hardware {hardware}")
 
 
 def _caption(text: str, recs, stem: str) -> str:

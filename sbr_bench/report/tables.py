@@ -178,7 +178,7 @@ def expected_missing(records) -> list[str]:
                              ("Table 4", ABLATIONS)):
             lacking = [n for n in names if n not in have]
             if lacking:
-                missing.append(f"{group}, {ds}: no finished run of {', '.join(lacking)}")
+                missing.append(f"{group}, {dataset_name(ds)}: no finished run of {', '.join(lacking)}")
     return missing
 
 
