@@ -26,13 +26,12 @@ def resolve_runs(runs_dir, items) -> tuple[str, list[str] | None]:
     root, ids = runs_dir, []
     for item in items:
         path = Path(item)
-        if (path / "config.json").is_file() and (runs_dir is None or path.parent == Path(runs_dir)):
-            if root is not None and Path(root) != path.parent:
+        if len(path.parts) > 1 and (path / "config.json").is_file():  # a run folder; a bare name is an id
+            if root is not None and Path(root).resolve() != path.resolve().parent:
                 raise UserError(f"--runs {item}: every run folder must lie in one runs folder ({root})")
             root = str(path.parent)
-            ids.append(path.name)
-        else:
-            ids.append(item)
+            item = path.name
+        ids.append(item)
     return root or "runs", ids
 
 

@@ -29,7 +29,7 @@ TABLES = {  # kind -> (file stem, caption, tidy rows, shown table)
                "(median ± interquartile range over epochs)",
                tables.table2, tables.wide),
     "table3": ("table3_with_attenmixer", "Table 3: encoders with their own readout vs with Atten-Mixer, at equal d",
-               tables.table3, lambda df, latex=False: tables.table3_wide(df)),
+               tables.table3, tables.table3_wide),
     "table4": ("table4_ablations", "Table 4: Atten-Mixer ablations", tables.table4, tables.wide),
 }
 PER_RUN_FIGURES = (("Figure 7", figures.figure7_lengths), ("Timing", figures.figure_timing),
@@ -78,7 +78,7 @@ def _table(out: Path, kind: str, recs, rel: str, caption: str = "", heading: str
     return _write_table(out, rel or stem, tidy, shown_of(tidy), shown_of(tidy, latex=True), caption, note, heading)
 
 
-def _figure(out: Path, label: str, result, rel_dir: str = "") -> str | None:
+def _figure(out: Path, label: str, result, rel_dir: str = "", heading: str = "###") -> str | None:
     if result is None:
         return None
     caption, stem = result[0], result[1]
@@ -87,7 +87,7 @@ def _figure(out: Path, label: str, result, rel_dir: str = "") -> str | None:
     path = f"{rel_dir}/{stem}" if rel_dir else stem
     caption = caption.replace(f"`{stem}_column.", f"`{path}_column.")
     alt = re.sub(r"([\[\]\\])", r"\\\1", label)
-    return f"### {label}\n\n![{alt}]({quote(path)}.png)\n\n{caption} Also `{path}.svg`, `{path}.pdf`.\n"
+    return f"{heading} {label}\n\n![{alt}]({quote(path)}.png)\n\n{caption} Also `{path}.svg`, `{path}.pdf`.\n"
 
 
 def _run_section(out: Path, rec) -> list[str]:
@@ -109,9 +109,9 @@ def _run_section(out: Path, rec) -> list[str]:
         if section:
             parts.append(section)
     for label, make in PER_RUN_FIGURES:
-        section = _figure(out, label, make([rec], folder), rec.run_id)
+        section = _figure(out, label, make([rec], folder), rec.run_id, heading="####")
         if section:
-            parts.append(section.replace("### ", "#### ", 1))
+            parts.append(section)
     return parts
 
 

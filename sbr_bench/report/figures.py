@@ -12,10 +12,9 @@ from collections import defaultdict
 import numpy as np
 
 from ..evaluate import bucket_metrics
-from ..models.registry import TABLE2_ORDER
 from . import style
 from .names import dataset_name, model_name, parameter_name
-from .records import latest_with
+from .records import finished_models, latest_with, table2_order
 
 FIG7_MODELS = ("srgnn", "gcsan", "srgnn+attenmixer", "attenmixer")
 FINE_EDGES = (2, 3, 5, 8, 12)
@@ -34,12 +33,6 @@ def _provenance(recs) -> str:
 
 def _caption(text: str, recs, stem: str) -> str:
     return f"{text} From {_provenance(recs)}. {style.caption_files(stem)}"
-
-
-def table2_order(names) -> list[str]:
-    """Table 2's row order: its listed models first, then the rest sorted."""
-    names = set(names)
-    return [m for m in TABLE2_ORDER if m in names] + sorted(names - set(TABLE2_ORDER))
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -288,8 +281,7 @@ def training_stack(timing: dict) -> dict:
 def timing_rows(records) -> tuple[list[dict], list]:
     rows, used = [], []
     for ds in dict.fromkeys(r.dataset for r in records if r.kind == "run"):
-        names = {m for r in records if r.dataset == ds and r.kind == "run" for m in r.ok_models()}
-        for model in table2_order(names):
+        for model in table2_order(finished_models(records, ds)):
             rec = latest_with(records, ds, model)
             t = rec.results["models"][model].get("timing", {}) if rec else {}
             if "epoch_median_s" not in t:  # counting and kNN models fit once, no epochs
@@ -352,8 +344,7 @@ def figure_timing(records, out_dir):
 def intent_rows(records) -> tuple[list[dict], list]:
     rows, used = [], []
     for ds in dict.fromkeys(r.dataset for r in records if r.kind == "run"):
-        names = {m for r in records if r.dataset == ds and r.kind == "run" for m in r.ok_models()}
-        for model in table2_order(names):
+        for model in table2_order(finished_models(records, ds)):
             rec = latest_with(records, ds, model)
             found = [s.get("intent_recovery") for s in (rec.run.unit(model, seed).read_summary()
                                                         for seed in rec.config.get("seeds", [])) if s] if rec else []

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import read_json, read_jsonl
+from ..models.registry import TABLE2_ORDER
 from ..runs import RunDir, collect_results
 
 
@@ -87,3 +88,14 @@ def latest_with(records, dataset: str, model: str, kind="run", sweep=False) -> R
         if entry and entry["status"] != "failed":
             return rec
     return None
+
+
+def finished_models(records, dataset: str) -> set[str]:
+    """The models that finished (ok or partial) in some plain run (not a sweep point) on `dataset`."""
+    return {m for r in records if r.dataset == dataset and r.kind == "run" and not r.sweep for m in r.ok_models()}
+
+
+def table2_order(names) -> list[str]:
+    """Table 2's row order: its listed models first, then the rest sorted."""
+    names = set(names)
+    return [m for m in TABLE2_ORDER if m in names] + sorted(names - set(TABLE2_ORDER))

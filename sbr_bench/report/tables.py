@@ -12,7 +12,7 @@ import pandas as pd
 from ..models.registry import TABLE2_ORDER, TABLE3, is_ablation
 from ..runs import HEADLINE, format_cell, headline_header
 from .names import dataset_name, model_name
-from .records import latest_with
+from .records import finished_models, latest_with, table2_order
 
 TABLE3_ENCODERS = ("srgnn", "sgnnhn", "gcsan", "dhcn")  # LESSR's wide states do not compose
 ABLATIONS = ("attenmixer", "attenmixer-M", "attenmixer-IP", "attenmixer-LI", "attenmixer-LP")
@@ -120,9 +120,8 @@ def table2(records, mode="valid") -> pd.DataFrame:
     seconds per training epoch (std column = IQR), per dataset, model and run."""
     rows = []
     for ds in datasets_of(records):
-        names = {m for r in records if r.dataset == ds and r.kind == "run" and not r.sweep for m in r.ok_models()}
-        order = [m for m in TABLE2_ORDER if m in names] + sorted(
-            m for m in names if m not in TABLE2_ORDER and "+" not in m and not is_ablation(m))
+        order = [m for m in table2_order(finished_models(records, ds))
+                 if m in TABLE2_ORDER or ("+" not in m and not is_ablation(m))]
         rows += _metric_rows(_every_run(records, ds, order), ds, mode=mode)
     return pd.DataFrame(rows)
 
@@ -173,7 +172,7 @@ def expected_missing(records) -> list[str]:
     """Runs a full report needs but that are not recorded (named in the report instead of crashing)."""
     missing = []
     for ds in datasets_of(records) or ["(any dataset)"]:
-        have = {m for r in records if r.dataset == ds and r.kind == "run" for m in r.ok_models()}
+        have = finished_models(records, ds)
         for group, names in (("Table 2", TABLE2_ORDER), ("Table 3", TABLE3),
                              ("Table 4", ABLATIONS)):
             lacking = [n for n in names if n not in have]
@@ -272,7 +271,8 @@ def wide(df: pd.DataFrame, row_key="model", latex=False) -> pd.DataFrame:
     return _latex_frame(shown) if latex else shown
 
 
-def table3_wide(df: pd.DataFrame) -> pd.DataFrame:
+def table3_wide(df: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
+    """One formatted row per (dataset, encoder, metric); the same for LaTeX (its cells are plain text)."""
     if df.empty:
         return df
     f = df.assign(dataset=df["dataset"].map(dataset_name), encoder=df["encoder"].map(model_name),

@@ -10,11 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import read_json, write_text
-from ..models.registry import TABLE2_ORDER
 from ..runs import HEADLINE, RunDir, collect_results, format_cell, selection_caption
 from ..tuning import OBJECTIVE, SUMMARY_FILE, TUNE_RECORD, params_text, study_name
 from . import style
 from .names import model_name
+from .records import table2_order
 from .tables import to_markdown
 
 
@@ -73,8 +73,7 @@ def _section(folder: Path, out: Path) -> str:
     record, summary = read_json(folder / TUNE_RECORD), read_json(folder / SUMMARY_FILE)
     tuned, defaults = _results(folder, "tuned"), _results(folder, "defaults")
     rows, tidy = [], []
-    order = [m for m in TABLE2_ORDER if m in summary["models"]] + [m for m in summary["models"] if m not in TABLE2_ORDER]
-    for model in order:
+    for model in table2_order(summary["models"]):
         entry = summary["models"][model]
         row = {"model": model, "trials (minutes)": f"{entry['trials']} ({entry['hours'] * 60:.1f})" if entry["tuned"]
                else "no parameters",
