@@ -1,7 +1,8 @@
-"""The fused normalised-table scoring (scoring.py) against the straightforward formula: values and
-gradients, with and without dropout (the same seed draws the same mask, applied here by hand),
-centring, rows at the norm clamp, and the `out=` evaluation path; the three scorers that use it; the
-dropout mask's rate and its independence of the chunk size."""
+"""The fused scoring products (scoring.py) against the straightforward formulas: values and gradients,
+with and without dropout (the same seed draws the same mask, applied here by hand), centring, rows at
+the norm clamp, a tail slice of a table (the item embedding without its padding row) and the `out=`
+evaluation path; the three scorers that use it; the dropout mask's rate and its independence of the
+chunk size."""
 
 import pytest
 import torch
@@ -9,17 +10,17 @@ import torch.nn.functional as F
 
 from sbr_bench.models.attenmixer import ItemNormScorer
 from sbr_bench.models.base import CosineScorer
-from sbr_bench.models.scoring import drop_mask, normalised_scores
+from sbr_bench.models.scoring import keep_mask, normalised_scores, table_scores
 from sbr_bench.models.sgnnhn import LayerNormScorer
 
 
 def dropout_by_hand(x, p, training=True):
-    """nn.Dropout with the mask drop_mask draws (call under the same seed as the code under test)."""
+    """nn.Dropout with the mask keep_mask draws (call under the same seed as the code under test)."""
     if not training or p == 0:
         return x
     if p >= 1:
         return x * 0
-    return x.masked_fill(drop_mask(x.shape, p), 0.0) / (1 - p)
+    return x * keep_mask(x.shape, p) / (1 - p)
 
 
 def straightforward(s, items, sigma, centre, dropout, training):
@@ -91,16 +92,69 @@ def test_scorers_in_training_match_their_formulas(scorer, reference):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
 
 
-def test_drop_mask_rate_and_chunking():
+def test_keep_mask_rate_and_chunking():
     torch.manual_seed(3)
-    mask = drop_mask((1000, 1000), 0.1)
-    assert mask.dtype == torch.bool and mask.shape == (1000, 1000)
-    assert abs(mask.float().mean().item() - 0.1) < 5 * (0.1 * 0.9 / 1e6) ** 0.5  # 5 binomial sd
-    assert abs(mask.float().mean(0) - 0.1).max() < 0.06  # no column is special (1000 draws each)
-    lanes = mask.view(-1, 4).float().mean(0)  # each of a draw's four 16-bit lanes (incl. the sign's) is fair
+    mask = keep_mask((1000, 1000), 0.1)
+    assert mask.dtype == torch.float32 and mask.shape == (1000, 1000)
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    dropped = 1 - mask
+    assert abs(dropped.mean().item() - 0.1) < 5 * (0.1 * 0.9 / 1e6) ** 0.5  # 5 binomial sd
+    assert abs(dropped.mean(0) - 0.1).max() < 0.06  # no column is special (1000 draws each)
+    lanes = dropped.view(-1, 4).mean(0)  # each of a draw's four 16-bit lanes (incl. the sign's) is fair
     assert (lanes - 0.1).abs().max() < 5 * (0.1 * 0.9 / 2.5e5) ** 0.5
     for chunk in (1, 7, 1000, 1 << 22):  # words are drawn in order, so the chunking changes nothing
         torch.manual_seed(4)
-        other = drop_mask((37, 29), 0.3, chunk=chunk)
+        other = keep_mask((37, 29), 0.3, chunk=chunk)
         torch.manual_seed(4)
-        assert torch.equal(other, drop_mask((37, 29), 0.3))
+        assert torch.equal(other, keep_mask((37, 29), 0.3))
+
+
+@pytest.mark.parametrize("scores", ["dot", "normalised", "centred+dropout"])
+def test_a_tail_slice_of_the_table_gets_the_gradient_of_the_slice(scores):
+    """Scoring rows 1.. of a table (the item embedding without its padding row) reads the table itself;
+    its gradient equals autograd's through the slice, zero in row 0, also beside another use of the
+    table (the encoder's lookups)."""
+    g = torch.Generator().manual_seed(5)
+    table = torch.randn(31, 8, generator=g).requires_grad_()
+    s = torch.randn(4, 8, generator=g).requires_grad_()
+    lookups = torch.tensor([3, 0, 3, 17])
+    fn = {"dot": lambda s, v: table_scores(s, v),
+          "normalised": lambda s, v: normalised_scores(s, v, 12.0),
+          "centred+dropout": lambda s, v: normalised_scores(s, v, 12.0, centre=True, dropout=0.3, training=True)}[scores]
+    results = []
+    for items in (table[1:], table[1:].clone()):  # the slice, and a copy autograd pads back
+        torch.manual_seed(9)
+        out = fn(s + table[lookups], items)
+        results.append((out, *torch.autograd.grad(out.logsumexp(-1).sum(), (s, table))))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert float(results[0][2][0].abs().sum()) > 0  # row 0 was looked up, so it has a gradient
+
+
+def test_only_tail_slices_of_contiguous_tables_count():
+    from sbr_bench.models.scoring import tail_of
+
+    table = torch.randn(10, 4)
+    assert tail_of(table[1:])[0] is table and tail_of(table[1:])[1] == 1
+    for items in (table, table[:-1], table[1:-1], table[:, 1:], table.t()[1:], table[1:].clone()):
+        got, first = tail_of(items)
+        assert got is items and first == 0
+
+
+def test_cross_entropy_matches_torch_and_refuses_a_second_backward():
+    from sbr_bench.models.scoring import cross_entropy
+
+    g = torch.Generator().manual_seed(6)
+    scores = (torch.randn(7, 50, generator=g, dtype=torch.float64) * 8).requires_grad_()
+    target = torch.tensor([0, 49, 3, 3, 17, 0, 25])
+    got = cross_entropy(scores, target)
+    want = F.cross_entropy(scores, target)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    upstream = torch.tensor(1.7, dtype=torch.float64)  # a scaled loss (DDP, SparseVD) scales the gradient
+    (g_got,) = torch.autograd.grad(got, scores, upstream, retain_graph=True)
+    (g_want,) = torch.autograd.grad(want, scores, upstream)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(got, scores)
+    with torch.no_grad():
+        torch.testing.assert_close(cross_entropy(scores, target), want.detach())

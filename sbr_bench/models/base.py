@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .scoring import normalised_scores
+from .scoring import cross_entropy, normalised_scores, table_scores
 
 
 @dataclass
@@ -180,7 +180,7 @@ class DotScorer(nn.Module):
 
     def forward(self, s: Tensor, items: Tensor, out: Tensor | None = None) -> Tensor:
         # `out` (no-grad evaluation only): write into a reused [B, N] buffer, same values as s @ items.t()
-        return s @ items.t() if out is None else torch.matmul(s, items.t(), out=out)
+        return table_scores(s, items) if out is None else torch.matmul(s, items.t(), out=out)
 
 
 class CosineScorer(nn.Module):
@@ -244,7 +244,7 @@ class SBRModel(nn.Module):
 
     def loss(self, batch) -> tuple[Tensor, dict]:
         s, items, enc = self.session_repr(batch)
-        ce = F.cross_entropy(self.scorer(s, items), batch.y - 1)
+        ce = cross_entropy(self.scorer(s, items), batch.y - 1)
         parts = {"ce": ce.detach()}
         if enc.aux_loss is not None:
             parts["aux"] = enc.aux_loss.detach()

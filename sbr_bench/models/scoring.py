@@ -1,47 +1,104 @@
-"""Scores against a row-normalised candidate table without normalising the table.
+"""Scoring products with a cheap backward for the candidate table, the largest tensor of a training step,
+and the full-softmax cross-entropy over their [B, N] scores.
 
-The normalised scorers (Atten-Mixer's Eq. 4-5, cosine, SGNN-HN's layer norm) all compute
-    scores[b, j] = σ · s[b] · dropout(f(v_j)) / ‖f(v_j)‖,   f = identity or centring (v - mean v),
-and the [N, d] table is by far the largest tensor of a training step. Written as "normalise the table,
-then multiply", autograd makes several full passes over it forward and backward. Here the row norms
-scale score columns instead:
-    raw = s @ (v ⊙ mask)ᵀ,  scores = raw · c,  c_j = σ / (keep · max(‖f(v_j)‖, eps))
-(`mask` the dropout mask, `keep` = 1 - p: dropout commutes with scaling a row; with centring, v above
-is the centred table). The backward is written out so that the table sees one matmul plus one pass:
-    grad_s = (G·c) @ (f(v) ⊙ mask),   grad_f = ((G·c)ᵀ @ s) ⊙ mask + k_j · f(v_j),   k_j = -Σ_b G·scores / ‖f(v_j)‖²
+`table_scores(s, items)` is s @ itemsᵀ. When `items` is a tail slice of a table (the item embedding
+without its padding row 0), the product reads the table itself and writes the table's gradient in one
+piece: autograd would otherwise pad the slice's gradient back to the table's shape, a zero fill and a
+copy of the whole table every step.
+
+`normalised_scores` is the normalised scorers' product (Atten-Mixer's Eq. 4-5, cosine, SGNN-HN's layer
+norm):
+    scores[b, j] = σ · s[b] · dropout(f(v_j)) / ‖f(v_j)‖,   f = identity or centring (v - mean v).
+Written as "normalise the table, then multiply", autograd makes several full passes over the table
+forward and backward. Here the row norms scale score columns instead:
+    raw = s @ (v ⊙ m)ᵀ,  scores = raw · c,  c_j = σ / (keep · max(‖f(v_j)‖, eps))
+(`m` the 0/1 keep mask, `keep` = 1 - p: dropout commutes with scaling a row; with centring, v above is
+the centred table). The backward is written out so that the table sees one matmul plus one pass:
+    grad_s = (G·c) @ (f(v) ⊙ m),   grad_f = ((G·c)ᵀ @ s) ⊙ m + k_j · f(v_j),   k_j = -Σ_b G·scores / ‖f(v_j)‖²
 (the second term is the gradient through the norm; zero where the norm is clamped at eps, as
-F.normalize), then grad_v = grad_f minus its row mean with centring. The dropout mask (`drop_mask`)
-keeps an entry with probability 1 - p like `nn.Dropout`, but on the CPU from 16-bit uniforms, four per
-64-bit draw: torch's CPU `bernoulli_` takes 4x as long, a large share of a step at d = 256.
+F.normalize), then grad_v = grad_f minus its row mean with centring. The mask is a float tensor that
+multiplies (a boolean `masked_fill` over the table is four times slower on the CPU), drawn by
+`keep_mask`.
+
+`cross_entropy` is F.cross_entropy (mean over the batch) that keeps exp(scores - max) from its forward
+and turns it into the gradient softmax - onehot in place: one pass over the [B, N] scores in backward,
+where F.cross_entropy writes a zero [B, N] gradient for its NLL step and then reads it back.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 EPS = 1e-12  # F.normalize's default
 
 
-def drop_mask(shape, p: float, device=None, chunk: int = 1 << 18) -> Tensor:
-    """Boolean dropout mask, True = dropped, each entry independently with probability p rounded to a
+def keep_mask(shape, p: float, device=None, chunk: int = 1 << 18) -> Tensor:
+    """Float32 dropout mask, 1 = kept, each entry independently dropped with probability p rounded to a
     multiple of 2^-16 (|error| <= 7.6e-6). On the CPU, random number generation is the cost (more than
-    the forward scoring product for Atten-Mixer's 43k x 256 table), so each 64-bit draw is cut into four
-    16-bit uniforms: a quarter of the draws of `bernoulli_` or `uniform_`. Draws go through a reused
-    buffer of `chunk` words that stays in cache; elsewhere `bernoulli_`."""
+    the forward scoring product for Atten-Mixer's 43k x 256 table), so each 64-bit draw of numpy's PCG64
+    (twice as fast as torch's CPU generator) is cut into four 16-bit uniforms; the PCG64 seed is drawn
+    from torch's default generator, so `torch.manual_seed` and checkpoints of torch's RNG state fix the
+    mask. Draws go `chunk` words at a time, so they stay in cache. Elsewhere `bernoulli_`."""
     device = torch.device("cpu") if device is None else torch.device(device)
     if device.type != "cpu":
-        return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(p)
-    out = torch.empty(shape, dtype=torch.bool)
+        return torch.empty(shape, device=device).bernoulli_(1.0 - p)
+    out = torch.empty(shape)
     flat = out.view(-1)
     n = flat.numel()
     threshold = round(p * 65536) - 32768  # a signed 16-bit lane is below it with probability round(p·2^16)/2^16
-    buf = torch.empty(max(1, min(chunk, (n + 3) // 4)), dtype=torch.int64)
-    for start in range(0, n, 4 * buf.numel()):
-        m = min(4 * buf.numel(), n - start)
-        words = buf[: (m + 3) // 4].random_(-(2**63), 2**63 - 1)  # (almost) all 64 bits random
-        torch.lt(words.view(torch.int16)[:m], threshold, out=flat[start : start + m])
+    bits = np.random.PCG64(int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64)))
+    for start in range(0, n, 4 * chunk):
+        m = min(4 * chunk, n - start)
+        lanes = torch.from_numpy(bits.random_raw((m + 3) // 4).view(np.int16))
+        torch.ge(lanes[:m], threshold, out=flat[start : start + m])
     return out
+
+
+def tail_of(items: Tensor) -> tuple[Tensor, int]:
+    """(table, first) with items = table[first:] when `items` is a tail slice of a contiguous 2-D tensor;
+    else (items, 0)."""
+    base = items._base
+    if (base is None or base.dim() != 2 or items.dim() != 2 or base.shape[1] != items.shape[1]
+            or not (base.is_contiguous() and items.is_contiguous())):
+        return items, 0
+    first, rest = divmod(items.storage_offset() - base.storage_offset(), base.stride(0))
+    if rest or first < 0 or first + items.shape[0] != base.shape[0]:
+        return items, 0
+    return base, first
+
+
+def _table_grad(table: Tensor, first: int, g: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """A gradient for the whole table, rows before `first` zero, and its rows from `first` set to gᵀ @ s."""
+    grad = table.new_empty(table.shape)
+    grad[:first].zero_()
+    rows = grad[first:]
+    torch.mm(g.t(), s, out=rows)
+    return grad, rows
+
+
+class _TableScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s: Tensor, table: Tensor, first: int):
+        ctx.first = first
+        ctx.save_for_backward(s, table)
+        return torch.mm(s, table[first:].t())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        s, table = ctx.saved_tensors
+        grad_s = torch.mm(grad, table[ctx.first :]) if ctx.needs_input_grad[0] else None
+        grad_table = _table_grad(table, ctx.first, grad, s)[0] if ctx.needs_input_grad[1] else None
+        return grad_s, grad_table, None
+
+
+def table_scores(s: Tensor, items: Tensor) -> Tensor:
+    """s @ itemsᵀ; the same values and gradients, with the table's gradient in one piece (module doc)."""
+    if not torch.is_grad_enabled() or not items.requires_grad:
+        return s @ items.t()
+    return _TableScores.apply(s, *tail_of(items))
 
 
 def _rows(items: Tensor, centre: bool) -> tuple[Tensor, Tensor]:
@@ -52,33 +109,34 @@ def _rows(items: Tensor, centre: bool) -> tuple[Tensor, Tensor]:
 
 class _ColumnScaledScores(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s: Tensor, items: Tensor, sigma: float, centre: bool, drop: Tensor | None, keep: float):
+    def forward(ctx, s: Tensor, table: Tensor, first: int, sigma: float, centre: bool, keep_m: Tensor | None,
+                keep: float):
         with torch.no_grad():
-            rows, norm = _rows(items, centre)
+            rows, norm = _rows(table[first:], centre)
             col = (sigma / keep) / norm.clamp_min(EPS)
-            table = rows.masked_fill(drop, 0.0) if drop is not None else rows
-            scores = torch.mm(s, table.t()).mul_(col)
-        ctx.centre = centre
-        ctx.save_for_backward(s, rows, table, drop, norm, col, scores)
+            kept = rows * keep_m if keep_m is not None else rows
+            scores = torch.mm(s, kept.t()).mul_(col)
+        ctx.centre, ctx.first, ctx.table_shape = centre, first, table.shape
+        ctx.save_for_backward(s, table, rows, kept, keep_m, norm, col, scores)
         return scores
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        s, rows, table, drop, norm, col, scores = ctx.saved_tensors
+        s, table, rows, kept, keep_m, norm, col, scores = ctx.saved_tensors
         g = grad * col
-        grad_s = torch.mm(g, table) if ctx.needs_input_grad[0] else None
-        grad_items = None
+        grad_s = torch.mm(g, kept) if ctx.needs_input_grad[0] else None
+        grad_table = None
         if ctx.needs_input_grad[1]:
             # gradient through the norm, per row: k_j · f(v_j); zero where the clamp is active
             k = (grad * scores).sum(0).div_(norm.square().clamp_min(EPS * EPS)).neg_()
             k = k.masked_fill_(norm < EPS, 0.0)
-            grad_items = torch.mm(g.t(), s)
-            if drop is not None:
-                grad_items.masked_fill_(drop, 0.0)
-            grad_items.addcmul_(rows, k[:, None])
+            grad_table, grad_rows = _table_grad(table, ctx.first, g, s)
+            if keep_m is not None:
+                grad_rows.mul_(keep_m)
+            grad_rows.addcmul_(rows, k[:, None])
             if ctx.centre:
-                grad_items.sub_(grad_items.mean(dim=-1, keepdim=True))
-        return grad_s, grad_items, None, None, None, None
+                grad_rows.sub_(grad_rows.mean(dim=-1, keepdim=True))
+        return grad_s, grad_table, None, None, None, None, None
 
 
 def normalised_scores(s: Tensor, items: Tensor, sigma: float, centre: bool = False, dropout: float = 0.0,
@@ -86,18 +144,46 @@ def normalised_scores(s: Tensor, items: Tensor, sigma: float, centre: bool = Fal
     """σ · s @ dropout(f(items) / ‖f(items)‖)ᵀ with f = centring (x - mean x) if `centre` else identity;
     dropout as nn.Dropout(dropout) in training.
     `out`: a [B, N] buffer to write the scores into (no-grad evaluation only)."""
-    drop, keep = None, 1.0
+    keep_m, keep = None, 1.0
     if training and dropout > 0:
         keep = 1.0 - dropout
         if keep > 0:
-            drop = drop_mask(items.shape, dropout, items.device)
+            keep_m = keep_mask(items.shape, dropout, items.device)
         else:  # nn.Dropout(1) zeroes everything
-            drop, keep = torch.ones(items.shape, dtype=torch.bool, device=items.device), 1.0
+            keep_m, keep = torch.zeros(items.shape, device=items.device), 1.0
     if out is not None:
         if torch.is_grad_enabled() and (s.requires_grad or items.requires_grad):
             raise RuntimeError("normalised_scores(out=...) is for evaluation without gradients")
         rows, norm = _rows(items, centre)
         col = (float(sigma) / keep) / norm.clamp_min(EPS)
-        table = rows.masked_fill(drop, 0.0) if drop is not None else rows
-        return torch.mm(s, table.t(), out=out).mul_(col)
-    return _ColumnScaledScores.apply(s, items, float(sigma), bool(centre), drop, keep)
+        kept = rows * keep_m if keep_m is not None else rows
+        return torch.mm(s, kept.t(), out=out).mul_(col)
+    return _ColumnScaledScores.apply(s, *tail_of(items), float(sigma), bool(centre), keep_m, keep)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: Tensor, target: Tensor) -> Tensor:
+        top = scores.amax(dim=1, keepdim=True)
+        e = torch.sub(scores, top).exp_()
+        total = e.sum(dim=1)
+        lse = total.log().add_(top.squeeze(1))
+        ctx.save_for_backward(e, total, target)
+        return (lse - scores.gather(1, target[:, None]).squeeze(1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        # e is turned into the gradient in place: a second backward through the same graph finds it
+        # modified and autograd raises, instead of reusing it
+        e, total, target = ctx.saved_tensors
+        scale = grad / e.shape[0]
+        g = e.div_((total / scale)[:, None])
+        g[torch.arange(e.shape[0], device=e.device), target] -= scale
+        return g, None
+
+
+def cross_entropy(scores: Tensor, target: Tensor) -> Tensor:
+    """F.cross_entropy(scores, target) (mean reduction) with a one-pass backward (module doc)."""
+    if not torch.is_grad_enabled() or not scores.requires_grad:
+        return F.cross_entropy(scores, target)
+    return _CrossEntropy.apply(scores, target)
