@@ -340,11 +340,13 @@ def _start(experiment: Experiment, device, command, held: list):
     """A new run of `experiment`: its dataset, config and run folder (locked)."""
     from . import distributed
     from .runs import new_run_id
-    from .training import resolve_device, seed_everything
+    from .training import check_precision, resolve_device, seed_everything
 
     dataset = _load_in_turn(experiment.dataset.spec())
     config = experiment.plan(dataset, command)
     device = device if device is not None else resolve_device(config["device"])
+    for cfg in config["cfg"].values():
+        check_precision(cfg, device)
     config["distributed"] = distributed.describe()
     if config["deterministic"]:  # so that env.json records the flags in force
         seed_everything(0, deterministic=True)

@@ -173,6 +173,13 @@ def train(model, dataset, cfg: dict | None = None, *, selection: str = "valid", 
     return summary
 
 
+def check_precision(cfg: dict, device) -> None:
+    """A model's `precision` setting is possible on `device` (tf32 exists on CUDA only)."""
+    if cfg.get("precision") == "tf32" and torch.device(device).type != "cuda":
+        raise ConfigError("overrides.precision", "tf32 is a mode of CUDA tensor cores; on this device use fp32 "
+                          "or bf16", "tf32")
+
+
 def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0, progress: bool = True,
                 checkpoint_every: int = 0, deterministic: bool = False, max_epochs: int | None = None,
                 evaluate_test: bool = True, selection: str = "valid", rebuild=None, callbacks=()) -> dict:
@@ -196,6 +203,7 @@ def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection '{selection}'; choose one of {', '.join(SELECTIONS)}")
     device = torch.device(device)
+    check_precision(cfg or {}, device)
     keep_freed_memory()
     seed_everything(seed, deterministic)
     try:

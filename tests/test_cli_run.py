@@ -79,11 +79,19 @@ TINY = ["--dataset", "synthetic:tiny"]
     (TINY + ["--models", "meanpool", "--seeds", "0"], "at least one seed"),
     (["--resume", "nosuchrun"], "no run found"),
     (["--resume", "x", "--models", "meanpool"], "drop --models"),
+    (TINY + ["--models", "meanpool", "--precision", "tf32", "--device", "cpu"], "tf32 is a mode of CUDA"),
 ])
 def test_usage_errors_exit_two_with_one_line(tmp_path, capsys, args, message):
     assert run(tmp_path, *args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_precision_option_is_every_neural_models_setting(tmp_path):
+    assert run(tmp_path, *TINY, "--models", "pop,meanpool", "--epochs", "1", "--precision", "bf16",
+               "--run-id", "p") == 0
+    config = read_json(tmp_path / "runs" / "p" / "config.json")
+    assert config["cfg"]["meanpool"]["precision"] == "bf16" and "precision" not in config["cfg"]["pop"]
 
 
 def test_profile_prints_phases_and_keeps_nothing(tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sbr_bench.models.attenmixer import ItemNormScorer
-from sbr_bench.models.base import CosineScorer
+from sbr_bench.models.base import CosineScorer, DotScorer
 from sbr_bench.models.scoring import keep_mask, normalised_scores, table_scores
 from sbr_bench.models.sgnnhn import LayerNormScorer
 
@@ -158,3 +158,36 @@ def test_cross_entropy_matches_torch_and_refuses_a_second_backward():
         torch.autograd.grad(got, scores)
     with torch.no_grad():
         torch.testing.assert_close(cross_entropy(scores, target), want.detach())
+
+
+@pytest.mark.parametrize("scorer", [DotScorer(), CosineScorer(12.0), ItemNormScorer(12.0), LayerNormScorer(12.0)])
+def test_bf16_scoring_products_round_like_bfloat16_and_stay_float32(scorer):
+    s, items = inputs(8, centre=False, n=200, d=64, b=6)
+    table = torch.cat([torch.zeros(1, 64), items.detach()]).requires_grad_()  # row 0 = padding
+    results = {}
+    for precision in ("fp32", "bf16"):
+        scorer.precision = precision
+        out = scorer(s, table[1:])
+        results[precision] = (out, *torch.autograd.grad(out.logsumexp(-1).sum(), (s, table)))
+    scorer.precision = "fp32"
+    for fp32, bf16 in zip(results["fp32"], results["bf16"]):
+        assert bf16.dtype == torch.float32
+        assert not torch.equal(fp32, bf16)  # the products did run in bfloat16 ...
+        scale = float(fp32.detach().abs().max())  # ... whose 8-bit mantissa leaves about 2-3 significant digits
+        torch.testing.assert_close(bf16, fp32, rtol=0, atol=0.05 * scale)
+    with torch.no_grad():
+        scorer.precision = "bf16"
+        buf = torch.empty(6, 200)
+        assert torch.equal(scorer(s, items, out=buf), scorer(s, items)) and scorer(s, items, out=buf).data_ptr() == buf.data_ptr()
+        scorer.precision = "fp32"
+
+
+def test_precision_is_a_checked_model_setting():
+    from sbr_bench.errors import ConfigError
+    from sbr_bench.models.registry import build_model
+
+    model, cfg = build_model("srgnn", 30, {"precision": "bf16"})
+    assert cfg["precision"] == "bf16" and model.scorer.precision == "bf16"
+    assert build_model("srgnn", 30, {})[0].scorer.precision == "fp32"
+    with pytest.raises(ConfigError, match="fp32, tf32, bf16"):
+        build_model("attenmixer", 30, {"precision": "fp16"})

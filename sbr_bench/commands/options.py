@@ -87,6 +87,9 @@ def add_experiment_arguments(p, folder: str, extra_models: str = "") -> None:
                    "on synthetic data)")
     p.add_argument("--batch-size", type=int, help="training batch size for every model")
     p.add_argument("--device", help="auto | cpu | cuda[:k] (default: auto)")
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), help="arithmetic of the scoring products "
+                   "for every neural model: fp32 (default), tf32 (CUDA tensor cores) or bf16 (bfloat16 inputs, "
+                   "float32 results); the same as --set precision=...")
     add_set_argument(p, "set a parameter for every model that has it, or MODEL.KEY=VALUE for one model "
                         "(repeatable; values are JSON, else strings)")
     p.add_argument("--run-id", help=f"name of {folder} under --runs-dir: letters, digits and ._-+=, not "
@@ -118,6 +121,8 @@ def apply_options(base, args):
     if args.deterministic:
         changes["deterministic"] = True
     common, scoped = split_sets(args.set)
+    if args.precision:
+        common["precision"] = args.precision
     changes["overrides"] = dict(base.overrides, **common)
     changes["model_overrides"] = {name: dict(base.model_overrides.get(name, {}), **scoped.get(name, {}))
                                   for name in dict.fromkeys([*base.model_overrides, *scoped])}

@@ -90,7 +90,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax, to_dense_batch
 
 from ..errors import ConfigError
-from .base import EmbeddingEncoder, Encoded, Readout
+from .base import EmbeddingEncoder, Encoded, Readout, Scorer
 from .config import TrainConfig, as_dict
 from .registry import ModelSpec
 from . import space
@@ -110,7 +110,7 @@ def _choice(name: str, value, allowed) -> None:
         raise ConfigError(f"overrides.{name}", f"Atten-Mixer accepts {', '.join(map(repr, allowed))}", value)
 
 
-class ItemNormScorer(nn.Module):
+class ItemNormScorer(Scorer):
     """Eq. 4-5: logits_i = σ · zᵀ ẽ_i with normalised candidates ẽ_i and the session vector z as is;
     dropout on the normalised candidate table in training (reference)."""
 
@@ -122,7 +122,7 @@ class ItemNormScorer(nn.Module):
     def forward(self, s: Tensor, items: Tensor, out: Tensor | None = None) -> Tensor:
         # = σ·s @ dropout(normalize(items))ᵀ without normalising the table (see scoring.py)
         return normalised_scores(s, items, self.sigma, dropout=self.item_dropout.p, training=self.training,
-                                 out=out)
+                                 out=out, precision=self.precision)
 
 
 class AttenMixerReadout(Readout):

@@ -175,15 +175,23 @@ class NormalisedInput(Encoder):
         return self.encoder(batch, _TransformedEmbedding(embedding, self))
 
 
-class DotScorer(nn.Module):
+class Scorer(nn.Module):
+    """Base of the built-in scorers: session vectors [B, d] and the candidate table [N, d] -> scores [B, N].
+    `precision` (the model's config key, set when the model is built) is the arithmetic of the scoring
+    products: fp32, tf32 or bf16 (see scoring.py)."""
+
+    precision = "fp32"
+
+
+class DotScorer(Scorer):
     """scores = s · e_j (SR-GNN, GC-SAN, LESSR, NARM, DHCN)."""
 
     def forward(self, s: Tensor, items: Tensor, out: Tensor | None = None) -> Tensor:
-        # `out` (no-grad evaluation only): write into a reused [B, N] buffer, same values as s @ items.t()
-        return table_scores(s, items) if out is None else torch.matmul(s, items.t(), out=out)
+        # `out` (no-grad evaluation only): write into a reused [B, N] buffer
+        return table_scores(s, items, self.precision, out=out)
 
 
-class CosineScorer(nn.Module):
+class CosineScorer(Scorer):
     """scores = sigma · cos(s, e_j), optional dropout on the candidate table in training (NISER-style;
     Atten-Mixer uses sigma = 12, SGNN-HN's layer-normalised variant uses 12 too)."""
 
@@ -195,7 +203,7 @@ class CosineScorer(nn.Module):
     def forward(self, s: Tensor, items: Tensor, out: Tensor | None = None) -> Tensor:
         # = σ·normalize(s) @ dropout(normalize(items))ᵀ without normalising the table (see scoring.py)
         return normalised_scores(F.normalize(s, dim=-1), items, self.sigma, dropout=self.item_dropout.p,
-                                 training=self.training, out=out)
+                                 training=self.training, out=out, precision=self.precision)
 
 
 class SBRModel(nn.Module):

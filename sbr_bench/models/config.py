@@ -29,6 +29,7 @@ class TrainConfig:
     patience: int = 3
     optimizer: str = "adam"
     scheduler_at_start_compat: bool = False
+    precision: str = "fp32"  # the scoring products' arithmetic: fp32 | tf32 (CUDA) | bf16 (models/scoring.py)
 
 
 @dataclass(frozen=True)

@@ -317,7 +317,8 @@ def build_model(name: str, n_items: int, overrides: dict | None = None):
 
 def _assemble(name: str, spec: ModelSpec, n_items: int, cfg: dict, encoder, readout):
     """The model around `encoder` and `readout`: input normalisation, width check, scorer, model class."""
-    from .base import NormalisedInput, SBRModel
+    from .base import NormalisedInput, SBRModel, Scorer
+    from .scoring import PRECISIONS
 
     if cfg.get("input_norm", "none") != "none" or cfg.get("input_dropout", 0.0) > 0:
         encoder = NormalisedInput(encoder, cfg["dim"], cfg["input_norm"], float(cfg["input_dropout"]))
@@ -326,6 +327,15 @@ def _assemble(name: str, spec: ModelSpec, n_items: int, cfg: dict, encoder, read
     if out_dim != in_dim:
         raise ConfigError("models", f"{name}: the encoder gives states of width {out_dim} but the readout "
                           f"expects {in_dim}; these two do not compose")
+    scorer = spec.scorer(cfg)
+    precision = cfg.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ConfigError("overrides.precision", f"choose one of {', '.join(PRECISIONS)}", precision)
+    if precision != "fp32":
+        if not isinstance(scorer, Scorer):
+            raise ConfigError("overrides.precision", f"{name}: its scorer ({type(scorer).__name__}) is not one of "
+                              "the built-in scorers, which alone take a precision", precision)
+        scorer.precision = precision
     if spec.model is None:
-        return SBRModel(n_items, cfg["dim"], encoder, readout, spec.scorer(cfg))
-    return spec.model(n_items, cfg["dim"], encoder, readout, spec.scorer(cfg), cfg)
+        return SBRModel(n_items, cfg["dim"], encoder, readout, scorer)
+    return spec.model(n_items, cfg["dim"], encoder, readout, scorer, cfg)

@@ -20,6 +20,10 @@ F.normalize), then grad_v = grad_f minus its row mean with centring. The mask is
 multiplies (a boolean `masked_fill` over the table is four times slower on the CPU), drawn by
 `keep_mask`.
 
+`precision` (every neural model's config key) sets the arithmetic of these products: fp32; tf32, TF32
+tensor cores on CUDA; bf16, bfloat16 inputs with float32 results (what autocast does to a matmul). The
+norms, the softmax and everything else stay float32.
+
 `cross_entropy` is F.cross_entropy (mean over the batch) that keeps exp(scores - max) from its forward
 and turns it into the gradient softmax - onehot in place: one pass over the [B, N] scores in backward,
 where F.cross_entropy writes a zero [B, N] gradient for its NLL step and then reads it back.
@@ -27,12 +31,34 @@ where F.cross_entropy writes a zero [B, N] gradient for its NLL step and then re
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 EPS = 1e-12  # F.normalize's default
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def _tf32(on: bool):
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def _mm(a: Tensor, b: Tensor, precision: str, out: Tensor | None = None) -> Tensor:
+    """a @ b in the given precision (module doc); float32 result, into `out` if given."""
+    if precision == "bf16":
+        product = torch.mm(a.to(torch.bfloat16), b.to(torch.bfloat16))
+        return product.float() if out is None else out.copy_(product)
+    with _tf32(precision == "tf32" and a.is_cuda):
+        return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
 
 
 def keep_mask(shape, p: float, device=None, chunk: int = 1 << 18) -> Tensor:
@@ -70,35 +96,38 @@ def tail_of(items: Tensor) -> tuple[Tensor, int]:
     return base, first
 
 
-def _table_grad(table: Tensor, first: int, g: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+def _table_grad(table: Tensor, first: int, g: Tensor, s: Tensor, precision: str) -> tuple[Tensor, Tensor]:
     """A gradient for the whole table, rows before `first` zero, and its rows from `first` set to gᵀ @ s."""
     grad = table.new_empty(table.shape)
     grad[:first].zero_()
     rows = grad[first:]
-    torch.mm(g.t(), s, out=rows)
+    _mm(g.t(), s, precision, out=rows)
     return grad, rows
 
 
 class _TableScores(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s: Tensor, table: Tensor, first: int):
-        ctx.first = first
+    def forward(ctx, s: Tensor, table: Tensor, first: int, precision: str):
+        ctx.first, ctx.precision = first, precision
         ctx.save_for_backward(s, table)
-        return torch.mm(s, table[first:].t())
+        return _mm(s, table[first:].t(), precision)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         s, table = ctx.saved_tensors
-        grad_s = torch.mm(grad, table[ctx.first :]) if ctx.needs_input_grad[0] else None
-        grad_table = _table_grad(table, ctx.first, grad, s)[0] if ctx.needs_input_grad[1] else None
-        return grad_s, grad_table, None
+        grad_s = _mm(grad, table[ctx.first :], ctx.precision) if ctx.needs_input_grad[0] else None
+        grad_table = _table_grad(table, ctx.first, grad, s, ctx.precision)[0] if ctx.needs_input_grad[1] else None
+        return grad_s, grad_table, None, None
 
 
-def table_scores(s: Tensor, items: Tensor) -> Tensor:
-    """s @ itemsᵀ; the same values and gradients, with the table's gradient in one piece (module doc)."""
-    if not torch.is_grad_enabled() or not items.requires_grad:
-        return s @ items.t()
-    return _TableScores.apply(s, *tail_of(items))
+def table_scores(s: Tensor, items: Tensor, precision: str = "fp32", out: Tensor | None = None) -> Tensor:
+    """s @ itemsᵀ; the same values and gradients, with the table's gradient in one piece (module doc).
+    `out`: a [B, N] buffer to write the scores into (no-grad evaluation only)."""
+    if out is not None or not torch.is_grad_enabled() or not (s.requires_grad or items.requires_grad):
+        if out is not None and torch.is_grad_enabled() and (s.requires_grad or items.requires_grad):
+            raise RuntimeError("table_scores(out=...) is for evaluation without gradients")
+        return _mm(s, items.t(), precision, out=out)
+    return _TableScores.apply(s, *tail_of(items), precision)
 
 
 def _rows(items: Tensor, centre: bool) -> tuple[Tensor, Tensor]:
@@ -110,13 +139,13 @@ def _rows(items: Tensor, centre: bool) -> tuple[Tensor, Tensor]:
 class _ColumnScaledScores(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: Tensor, table: Tensor, first: int, sigma: float, centre: bool, keep_m: Tensor | None,
-                keep: float):
+                keep: float, precision: str):
         with torch.no_grad():
             rows, norm = _rows(table[first:], centre)
             col = (sigma / keep) / norm.clamp_min(EPS)
             kept = rows * keep_m if keep_m is not None else rows
-            scores = torch.mm(s, kept.t()).mul_(col)
-        ctx.centre, ctx.first, ctx.table_shape = centre, first, table.shape
+            scores = _mm(s, kept.t(), precision).mul_(col)
+        ctx.centre, ctx.first, ctx.precision = centre, first, precision
         ctx.save_for_backward(s, table, rows, kept, keep_m, norm, col, scores)
         return scores
 
@@ -124,23 +153,23 @@ class _ColumnScaledScores(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         s, table, rows, kept, keep_m, norm, col, scores = ctx.saved_tensors
         g = grad * col
-        grad_s = torch.mm(g, kept) if ctx.needs_input_grad[0] else None
+        grad_s = _mm(g, kept, ctx.precision) if ctx.needs_input_grad[0] else None
         grad_table = None
         if ctx.needs_input_grad[1]:
             # gradient through the norm, per row: k_j · f(v_j); zero where the clamp is active
             k = (grad * scores).sum(0).div_(norm.square().clamp_min(EPS * EPS)).neg_()
             k = k.masked_fill_(norm < EPS, 0.0)
-            grad_table, grad_rows = _table_grad(table, ctx.first, g, s)
+            grad_table, grad_rows = _table_grad(table, ctx.first, g, s, ctx.precision)
             if keep_m is not None:
                 grad_rows.mul_(keep_m)
             grad_rows.addcmul_(rows, k[:, None])
             if ctx.centre:
                 grad_rows.sub_(grad_rows.mean(dim=-1, keepdim=True))
-        return grad_s, grad_table, None, None, None, None, None
+        return grad_s, grad_table, None, None, None, None, None, None
 
 
 def normalised_scores(s: Tensor, items: Tensor, sigma: float, centre: bool = False, dropout: float = 0.0,
-                      training: bool = False, out: Tensor | None = None) -> Tensor:
+                      training: bool = False, out: Tensor | None = None, precision: str = "fp32") -> Tensor:
     """σ · s @ dropout(f(items) / ‖f(items)‖)ᵀ with f = centring (x - mean x) if `centre` else identity;
     dropout as nn.Dropout(dropout) in training.
     `out`: a [B, N] buffer to write the scores into (no-grad evaluation only)."""
@@ -157,8 +186,8 @@ def normalised_scores(s: Tensor, items: Tensor, sigma: float, centre: bool = Fal
         rows, norm = _rows(items, centre)
         col = (float(sigma) / keep) / norm.clamp_min(EPS)
         kept = rows * keep_m if keep_m is not None else rows
-        return torch.mm(s, kept.t(), out=out).mul_(col)
-    return _ColumnScaledScores.apply(s, *tail_of(items), float(sigma), bool(centre), keep_m, keep)
+        return _mm(s, kept.t(), precision, out=out).mul_(col)
+    return _ColumnScaledScores.apply(s, *tail_of(items), float(sigma), bool(centre), keep_m, keep, precision)
 
 
 class _CrossEntropy(torch.autograd.Function):

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
 from ..errors import ConfigError, UserError
-from .base import CosineScorer, Encoded, Encoder, Readout
+from .base import CosineScorer, Encoded, Encoder, Readout, Scorer
 from .config import TrainConfig
 from .registry import ModelSpec
 from . import space
@@ -155,7 +155,7 @@ class SGNNHNReadout(Readout):
                 "readout.other": ["linear_three", "linear_four"], "readout.transform": ["linear_transform"]}
 
 
-class LayerNormScorer(nn.Module):
+class LayerNormScorer(Scorer):
     """τ · ⟨LN(s), LN(v_j)⟩ with the parameter-free LN(x) = (x - mean x) / ‖x - mean x‖."""
 
     def __init__(self, sigma: float = 12.0):
@@ -168,7 +168,8 @@ class LayerNormScorer(nn.Module):
 
     def forward(self, s: Tensor, items: Tensor, out: Tensor | None = None) -> Tensor:
         # = σ·LN(s) @ LN(items)ᵀ without dividing the table by its norms (see scoring.py)
-        return normalised_scores(self.normalise(s), items, self.sigma, centre=True, out=out)
+        return normalised_scores(self.normalise(s), items, self.sigma, centre=True, out=out,
+                                 precision=self.precision)
 
 
 def make_scorer(cfg: dict) -> nn.Module:
