@@ -11,7 +11,7 @@ from helpers import assert_batching_invariant, assert_gradients_reach_every_para
 from sbr_bench.data.graphs import collate_examples
 from sbr_bench.data.sessions import Split
 from sbr_bench.errors import ConfigError
-from sbr_bench.models.nextitnet import ResidualBlock
+from sbr_bench.models.nextitnet import ResidualBlock, causal_taps
 from sbr_bench.models.registry import build_model
 
 
@@ -21,18 +21,25 @@ def nextitnet(n_items, **overrides):
 
 
 def test_a_residual_block_is_its_equations():
+    """On packed sessions (here one of 7 clicks, one of 4), each session as the paper's dilated conv1d."""
     torch.manual_seed(0)
     block = ResidualBlock(8, 3, 2).eval()
-    x = torch.randn(2, 7, 8)
-    with torch.no_grad():
-        def causal(h, conv, rate):  # y_t = b + Σ_j W_j h_{t - (2 - j)·rate}: the conv1d of the paper, k = 3
-            weight = conv.linear.weight.view(8, 3, 8).permute(0, 2, 1)  # [out, in, tap], as a Conv1d's
-            return F.conv1d(F.pad(h.transpose(1, 2), (2 * rate, 0)), weight, conv.linear.bias,
-                            dilation=rate).transpose(1, 2)
+    sessions = [torch.randn(1, 7, 8), torch.randn(1, 4, 8)]
 
+    def causal(h, conv, rate):  # y_t = b + Σ_j W_j h_{t - (2 - j)·rate}: the conv1d of the paper, k = 3
+        weight = conv.linear.weight.view(8, 3, 8).permute(0, 2, 1)  # [out, in, tap], as a Conv1d's
+        return F.conv1d(F.pad(h.transpose(1, 2), (2 * rate, 0)), weight, conv.linear.bias,
+                        dilation=rate).transpose(1, 2)
+
+    def reference(x):
         h = torch.relu(F.layer_norm(causal(x, block.conv1, 2), (8,), block.norm1.weight, block.norm1.bias))
-        h = torch.relu(F.layer_norm(causal(h, block.conv2, 4), (8,), block.norm2.weight, block.norm2.bias))
-        torch.testing.assert_close(block(x), x + h)
+        return x + torch.relu(F.layer_norm(causal(h, block.conv2, 4), (8,), block.norm2.weight, block.norm2.bias))
+
+    with torch.no_grad():
+        packed = torch.cat([x[0] for x in sessions])
+        offset = torch.cat([torch.arange(x.shape[1]) for x in sessions])
+        got = block(packed, causal_taps(offset, {2, 4, 8}))
+        torch.testing.assert_close(got, torch.cat([reference(x)[0] for x in sessions]))
 
 
 def test_states_are_causal_and_independent_of_padding(tiny):
