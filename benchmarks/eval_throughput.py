@@ -1,15 +1,22 @@
-"""Full-ranking evaluation throughput: `sbr_bench.evaluate.evaluate` against the previous evaluation loop
-(kept below as `reference_evaluate`: a fresh [B, N] score matrix per batch, two [B, N] boolean
-temporaries for the greater/equal counts, and a device-to-host copy per batch).
+"""Full-ranking evaluation throughput, two comparisons (`--compare`):
 
-    python benchmarks/eval_throughput.py [--dataset gowalla] [--models srgnn,pop,spop,sknn]
-                                         [--limit 20000] [--repeats 3] [--batch-size 500]
+- `loop`: `sbr_bench.evaluate.evaluate`'s dense path against the previous evaluation loop (kept below as
+  `reference_evaluate`: a fresh [B, N] score matrix per batch, two [B, N] boolean temporaries for the
+  greater/equal counts, and a device-to-host copy per batch);
+- `sparse`: for the baselines with `sparse_scores` (pop, spop and the kNN and rule anchors), the dense
+  path (`evaluate(..., sparse=False)`) against the sparse path (ranks from the candidate rows and the
+  background score of all other items).
+
+    python benchmarks/eval_throughput.py [--compare loop|sparse] [--dataset gowalla | PATH]
+                                         [--models srgnn,pop,spop,sknn] [--limit 20000] [--repeats 3]
+                                         [--batch-size 500] [--threads 1]
 
 Same model (untrained neural models: random weights, the speed does not depend on them; baselines are
 fitted on the training split), same split, same batches; the two variants run interleaved in one
 process, and the medians are printed: examples/s, user and system CPU seconds, minor page faults, and
-the new/old speed ratio. Both must give identical optimistic and pessimistic ranks (checked). The data
-are the real test split when `--dataset` is prepared under `--data-dir`, else `synthetic:diginetica`.
+the second/first speed ratio. Both must give identical optimistic and pessimistic ranks (checked; the
+exit status is 1 otherwise). The data are the real test split when `--dataset` is a prepared dataset
+folder (or a name prepared under `--data-dir`), else `synthetic:diginetica`.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +78,21 @@ def reference_evaluate(model, split, n_items, batch_size=500, device="cpu"):
     return opt, pes
 
 
-def new_evaluate(model, split, n_items, batch_size=500, device="cpu"):
-    res = evaluate(model, split, n_items, batch_size=batch_size, device=device)
+def dense_evaluate(model, split, n_items, batch_size=500, device="cpu"):
+    res = evaluate(model, split, n_items, batch_size=batch_size, device=device, sparse=False)
     return res.ranks_optimistic, res.ranks_pessimistic
+
+
+def sparse_evaluate(model, split, n_items, batch_size=500, device="cpu"):
+    res = evaluate(model, split, n_items, batch_size=batch_size, device=device, sparse=True)
+    return res.ranks_optimistic, res.ranks_pessimistic
+
+
+# (first, second) variant of each comparison, and the models it runs by default
+COMPARISONS = {
+    "loop": ((("old", reference_evaluate), ("new", dense_evaluate)), "srgnn,pop,spop,sknn"),
+    "sparse": ((("dense", dense_evaluate), ("sparse", sparse_evaluate)), "pop,spop,sknn,vsknn,stan,vstan,sfsknn,sr,ar"),
+}
 
 
 def measured(fn, *args):
@@ -92,9 +112,10 @@ def subset(split: Split, limit: int | None) -> Split:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="gowalla")
+    ap.add_argument("--compare", default="loop", choices=tuple(COMPARISONS))
+    ap.add_argument("--dataset", default="gowalla", help="a name prepared under --data-dir, or a dataset folder")
     ap.add_argument("--data-dir", default="datasets")
-    ap.add_argument("--models", default="srgnn,pop,spop,sknn", help="comma-separated registry names")
+    ap.add_argument("--models", default=None, help="comma-separated registry names (default: the comparison's)")
     ap.add_argument("--split", default="test", choices=("valid", "test"))
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     ap.add_argument("--repeats", type=int, default=3)
@@ -104,8 +125,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
+    variants, default_models = COMPARISONS[args.compare]
     name = args.dataset
-    if not name.startswith("synthetic") and not (Path(args.data_dir) / name).exists():
+    if not name.startswith("synthetic") and not (Path(name).exists() or (Path(args.data_dir) / name).exists()):
         print(f"{name} is not prepared under {args.data_dir}: using synthetic:diginetica")
         name = "synthetic:diginetica"
     ds = load_dataset(name, data_dir=args.data_dir)
@@ -114,31 +136,34 @@ def main(argv=None) -> int:
           f"{args.repeats} interleaved repeats, medians")
 
     ok = True
-    for model_name in args.models.split(","):
+    (first, _), (second, _) = variants
+    for model_name in (args.models or default_models).split(","):
         model, _ = build_model(model_name, ds.n_items)
         fit = 0.0
         if getattr(model, "trainable", True) is False:
             start = time.perf_counter()
-            model.fit(ds.train)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # stan on data without session times says so once
+                model.fit(ds.train)
             fit = time.perf_counter() - start
         elif hasattr(model, "prepare"):
             model.prepare(ds.train)
-        runs = {"old": [], "new": []}
+        runs = {label: [] for label, _ in variants}
         ranks = {}
         for _ in range(args.repeats):
-            for label, fn in (("old", reference_evaluate), ("new", new_evaluate)):
+            for label, fn in variants:
                 ranks[label], m = measured(fn, model, split, ds.n_items, args.batch_size)
                 runs[label].append(m)
-        same = all(np.array_equal(a, b) for a, b in zip(ranks["old"], ranks["new"]))
+        same = all(np.array_equal(a, b) for a, b in zip(ranks[first], ranks[second]))
         ok &= same
         med = {k: {f: float(np.median([r[f] for r in v])) for f in v[0]} for k, v in runs.items()}
-        for label in ("old", "new"):
+        for label, _ in variants:
             m = med[label]
-            print(f"  {model_name:10s} {label}: {len(split) / m['wall']:9.0f} ex/s  wall {m['wall']:7.2f}s  "
+            print(f"  {model_name:8s} {label:>6s}: {len(split) / m['wall']:9.0f} ex/s  wall {m['wall']:7.2f}s  "
                   f"user {m['user']:6.2f}s  sys {m['sys']:6.2f}s  minor faults {m['faults']:9.0f}")
         cpu = {k: med[k]["user"] + med[k]["sys"] for k in med}
-        print(f"  {model_name:10s} new/old speed: wall x{med['old']['wall'] / med['new']['wall']:.2f}, "
-              f"CPU x{cpu['old'] / max(cpu['new'], 1e-9):.2f}; fit {fit:.2f}s; identical ranks: {same}")
+        print(f"  {model_name:8s} {second}/{first} speed: wall x{med[first]['wall'] / med[second]['wall']:.2f}, "
+              f"CPU x{cpu[first] / max(cpu[second], 1e-9):.2f}; fit {fit:.2f}s; identical ranks: {same}")
     return 0 if ok else 1
 
 

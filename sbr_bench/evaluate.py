@@ -11,6 +11,9 @@ catalogue does not fit one chunk: first the target scores, then the counts, from
 Every batch's scores go into one reused buffer when the scorer (or a counting baseline) takes `out=`, and
 the counts are taken a few rows at a time, so evaluation does not allocate per batch.
 Metrics are means over examples (never per-batch averages), so they do not depend on the batch size.
+A model with `sparse_scores(batch) -> (rows, background)` (the kNN, rule and popularity anchors) is
+ranked without dense rows: every item off the sparse `rows` scores `background`, so the same counts
+follow from the stored entries plus the background's share (`sparse_rank_counts`), ranks identical.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .data.graphs import collate_examples
@@ -154,10 +158,62 @@ def rank_counts(score, target0: torch.Tensor, n_items: int, chunk: int):
     return greater, (equal - 1).clamp_min(0), finite
 
 
+class SortedBackground:
+    """The sorted copy of a background row, kept while the model returns an equal row (a comparison per
+    batch instead of a sort)."""
+
+    def __init__(self):
+        self.row = self.sorted = None
+
+    def __call__(self, row: np.ndarray) -> np.ndarray:
+        if self.row is None or not np.array_equal(row, self.row):
+            self.row, self.sorted = row.copy(), np.sort(row)
+        return self.sorted
+
+
+def sparse_rank_counts(rows: sp.csr_matrix, background, target0: np.ndarray, sorted_background=None):
+    """`rank_counts` of scores given as sparse `rows` [B, N] (no duplicate entries) over a `background`,
+    the score of every item off them: a number, or a finite row [N] with its sorted copy
+    `sorted_background`. Compared in the rows' dtype, as the dense scores would be."""
+    B, n_items = rows.shape
+    stored = np.diff(rows.indptr)
+    row_of = np.repeat(np.arange(B), stored)
+    cols, data = rows.indices, rows.data
+    scalar = np.ndim(background) == 0
+    t = np.full(B, background, dtype=data.dtype) if scalar else background[target0].astype(data.dtype)
+    hit = np.flatnonzero(cols == target0[row_of])  # the target's stored entry, where it has one
+    t[row_of[hit]] = data[hit]
+    tc = t[row_of]
+    greater = np.bincount(row_of[data > tc], minlength=B)
+    equal = np.bincount(row_of[data == tc], minlength=B)
+    # Every other item scores the background: all N items' share, less that of the items stored.
+    if scalar:
+        rest = n_items - stored
+        greater += rest * (background > t)
+        equal += rest * (background == t)
+    else:
+        right = np.searchsorted(sorted_background, t, side="right")
+        replaced = background[cols]
+        greater += n_items - right - np.bincount(row_of[replaced > tc], minlength=B)
+        equal += right - np.searchsorted(sorted_background, t, side="left") - np.bincount(
+            row_of[replaced == tc], minlength=B)
+    return greater, np.maximum(equal - 1, 0), np.isfinite(t)
+
+
+def _sparse_counts(model, batch, sorter: SortedBackground):
+    """`rank_counts` of a model with `sparse_scores`, as tensors on the batch's device."""
+    rows, background = model.sparse_scores(batch)
+    sorted_background = None if np.ndim(background) == 0 else sorter(background)
+    counts = sparse_rank_counts(rows, background, (batch.y - 1).cpu().numpy(), sorted_background)
+    return tuple(torch.from_numpy(np.asarray(c)).to(batch.y.device) for c in counts)
+
+
 @torch.no_grad()
-def evaluate(model, split, n_items, batch_size=500, device="cpu", extra=None, ks=KS, order=None) -> EvalResult:
+def evaluate(model, split, n_items, batch_size=500, device="cpu", extra=None, ks=KS, order=None,
+             sparse=True) -> EvalResult:
     """Rank every example of `split`. `order` (a permutation) evaluates in another order; the ranks
-    returned are always in split order."""
+    returned are always in split order. `sparse=False` ranks dense score rows even for a model with
+    `sparse_scores` (the same ranks)."""
     start = time.perf_counter()
     was_training = getattr(model, "training", False)
     model.eval()
@@ -168,11 +224,15 @@ def evaluate(model, split, n_items, batch_size=500, device="cpu", extra=None, ks
     pes_d = torch.empty_like(opt_d)
     bad_d = torch.zeros(len(split), dtype=torch.bool, device=device)
     chunk = max(1, min(n_items, MAX_SCORE_CELLS // max(batch_size, 1)))
-    buffer = ScoreBuffer()
+    buffer, sorter = ScoreBuffer(), SortedBackground()
+    use_sparse = sparse and hasattr(model, "sparse_scores")
     for b0 in range(0, len(split), batch_size):
         idx = idx_order[b0 : b0 + batch_size]
         batch = collate_examples(split, idx, n_items, extra).to(device)
-        greater, equal, finite = rank_counts(_score_fn(model, batch, n_items, buffer), batch.y - 1, n_items, chunk)
+        if use_sparse:
+            greater, equal, finite = _sparse_counts(model, batch, sorter)
+        else:
+            greater, equal, finite = rank_counts(_score_fn(model, batch, n_items, buffer), batch.y - 1, n_items, chunk)
         at = torch.as_tensor(idx, dtype=torch.long).to(device, non_blocking=True)
         worst = torch.full_like(greater, n_items)
         opt_d[at] = torch.where(finite, 1 + greater, worst)

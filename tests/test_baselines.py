@@ -10,6 +10,7 @@ from sbr_bench.data.sessions import SessionDataset, Sessions, Split
 from sbr_bench.evaluate import audit_order_invariance, evaluate
 from sbr_bench.models.baselines import Popularity, SessionKNN, SessionPopularity
 from sbr_bench.models.registry import build_model
+from test_evaluate import assert_sparse_path_exact, sparse_cases
 
 
 def toy_dataset() -> SessionDataset:
@@ -227,3 +228,40 @@ def test_evaluate_ranks_baselines_by_definition(tiny, name):
     res = evaluate(model, tiny.test, tiny.n_items, batch_size=97)
     assert np.array_equal(res.ranks_optimistic, 1 + greater)
     assert np.array_equal(res.ranks_pessimistic, greater + (scores == t).sum(1))
+
+
+# --- the sparse evaluation path ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["pop", "spop", "sknn"])
+def test_sparse_ranks_are_the_dense_ranks(tiny, name):
+    model, _ = build_model(name, tiny.n_items)
+    model.fit(tiny.train)
+    assert assert_sparse_path_exact(model, tiny.test, tiny.n_items).tie_rate > 0.1
+
+
+@pytest.mark.parametrize("name", ["pop", "spop", "sknn"])
+def test_sparse_ranks_with_unseen_items_and_targets_in_the_prefix(name):
+    # toy test prefixes: [7] and [7, 7] (item 7 unseen in training: no sknn candidates; spop's target in
+    # the prefix), [4] -> 6 (never clicked in training: a target off the candidates), pop ties 4 = 5, 6 = 7.
+    ds = toy_dataset()
+    model, _ = build_model(name, ds.n_items)
+    model.fit(ds.train)
+    assert_sparse_path_exact(model, ds.test, ds.n_items, batch_size=4)
+    cases = sparse_cases(model, ds.test, ds.n_items)
+    assert cases["target off"] > 0
+    if name != "pop":
+        assert cases["target stored"] > 0
+    if name == "sknn":
+        assert cases["empty"] > 0
+
+
+def test_spop_sparse_rows_hold_the_dense_scores_of_the_prefix_items(tiny):
+    model = SessionPopularity(tiny.n_items).fit(tiny.train)
+    batch = batch_of(tiny.test, tiny.n_items, np.arange(0, len(tiny.test), 7))
+    rows, background = model.sparse_scores(batch)
+    dense = model(batch).numpy()
+    r, c = rows.nonzero()
+    assert np.array_equal(rows.data, dense[r, c]) and np.array_equal(background, model.secondary.numpy())
+    unstored = np.ones_like(dense, dtype=bool)
+    unstored[r, c] = False
+    assert np.array_equal(dense[unstored], np.broadcast_to(background, dense.shape)[unstored])

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -204,3 +205,90 @@ def test_dot_scorer_out_gives_the_same_scores():
     out = torch.full((37, 501), float("nan"))
     assert DotScorer()(s, items, out=out) is out
     assert torch.equal(out, DotScorer()(s, items))
+
+
+# --- the sparse path: rows of candidate scores over a background -----------------------------------------
+
+def sparse_case(background, seed=0, rows=60, n=23):
+    """Random sparse rows with many ties (stored values from a few levels, the background's among them),
+    empty and full rows, NaN and inf entries, targets stored and not; and the same scores densely."""
+    rng = np.random.default_rng(seed)
+    dense = np.tile(np.broadcast_to(np.asarray(background, dtype=np.float32), (n,)), (rows, 1))
+    stored = rng.random((rows, n)) < rng.choice([0.0, 0.1, 0.5, 1.0], size=(rows, 1))
+    levels = np.array([-1.0, 0.0, 0.5, 1.0, 2.0, np.inf, np.nan], dtype=np.float32)
+    values = rng.choice(levels, size=(rows, n), p=[0.2, 0.2, 0.2, 0.2, 0.14, 0.03, 0.03])
+    if np.ndim(background) == 0:
+        values[rng.random((rows, n)) < 0.1] = background  # stored, yet equal to the background
+    dense[stored] = values[stored]
+    r, c = np.nonzero(stored)
+    sparse_rows = sp.csr_matrix((dense[r, c], (r, c)), shape=(rows, n))
+    assert (sparse_rows.data == 0).any()  # explicit zeros are stored entries too
+    return sparse_rows, dense, rng.integers(0, n, size=rows)
+
+
+@pytest.mark.parametrize("background", [0.0, -1.5, 2.0, -np.inf, "row"])
+def test_sparse_rank_counts_are_the_dense_counts(background):
+    rng = np.random.default_rng(1)
+    if background == "row":  # a finite row with ties, as pop's counts
+        background = rng.choice([0.0, 1.0, 3.0, 0.5], size=23).astype(np.float32)
+    for seed in range(5):
+        rows, dense, target0 = sparse_case(background, seed)
+        assert (np.diff(rows.indptr) == 0).any() and (np.diff(rows.indptr) == rows.shape[1]).any()
+        table = torch.from_numpy(dense)
+        want = ev.rank_counts(lambda c0, c1: table[:, c0:c1], torch.from_numpy(target0), dense.shape[1], 5)
+        sorted_background = None if np.ndim(background) == 0 else np.sort(background)
+        got = ev.sparse_rank_counts(rows, background, target0, sorted_background)
+        for w, g in zip(want, got):
+            assert np.array_equal(w.numpy(), g)
+        assert (got[1] > 0).mean() > 0.3  # the case has ties
+
+
+def test_the_sparse_path_ranks_off_candidate_targets_against_the_background():
+    # 5 items, background 0: row 0 stores item 2 (0-based 1) at 1.0 and item 4 at 0.0 (explicit);
+    # row 1 stores nothing; row 2 stores item 1 at -1.
+    rows = sp.csr_matrix((np.array([1.0, 0.0, -1.0], np.float32), ([0, 0, 2], [1, 3, 0])), shape=(3, 5))
+    greater, equal, finite = ev.sparse_rank_counts(rows, 0.0, np.array([3, 2, 0]))
+    assert greater.tolist() == [1, 0, 4] and equal.tolist() == [3, 4, 0] and finite.all()
+
+
+class SparseOnly(FixedScores):
+    """`sparse_scores` that put the target first while `forward`'s table is constant: which path ran shows."""
+
+    def sparse_scores(self, batch):
+        target0 = (batch.y - 1).numpy()
+        return sp.csr_matrix((np.ones(len(target0), np.float32), (np.arange(len(target0)), target0)),
+                                shape=(len(target0), self.table.shape[1])), 0.0
+
+
+def test_evaluate_takes_the_sparse_path_when_the_model_has_one():
+    split = split_with_targets([1, 2, 3, 4])
+    model = SparseOnly(np.zeros((4, 4)))
+    assert evaluate(model, split, n_items=4).ranks_pessimistic.tolist() == [1, 1, 1, 1]
+    assert evaluate(model, split, n_items=4, sparse=False).ranks_pessimistic.tolist() == [4, 4, 4, 4]
+    assert evaluate(FixedScores(np.zeros((4, 4))), split, n_items=4).ranks_pessimistic.tolist() == [4, 4, 4, 4]
+
+
+def assert_sparse_path_exact(model, split, n_items, batch_size=61):
+    """The sparse path's ranks are the dense path's, element for element; returns the dense result."""
+    assert hasattr(model, "sparse_scores"), type(model)
+    dense = evaluate(model, split, n_items, batch_size=batch_size, sparse=False)
+    sparse = evaluate(model, split, n_items, batch_size=batch_size, sparse=True)
+    assert np.array_equal(sparse.ranks_optimistic, dense.ranks_optimistic)
+    assert np.array_equal(sparse.ranks_pessimistic, dense.ranks_pessimistic)
+    assert sparse.nonfinite == dense.nonfinite and sparse.metrics == dense.metrics
+    return dense
+
+
+def sparse_cases(model, split, n_items) -> dict:
+    """How many examples have no candidates, a target among the candidates, a target off them (scored
+    as the background) — so a test can show that its data reach each case."""
+    from sbr_bench.data.graphs import collate_examples
+
+    batch = collate_examples(split, np.arange(len(split)), n_items)
+    rows, _ = model.sparse_scores(batch)
+    target0 = (batch.y - 1).numpy()
+    stored = np.diff(rows.indptr)
+    hit = np.zeros(len(target0), dtype=bool)
+    row_of = np.repeat(np.arange(len(target0)), stored)
+    hit[row_of[rows.indices == target0[row_of]]] = True
+    return {"empty": int((stored == 0).sum()), "target stored": int(hit.sum()), "target off": int((~hit).sum())}

@@ -18,6 +18,7 @@ from sbr_bench.models.registry import build_model
 from sbr_bench.models.sfsknn import SequenceFilterKNN
 from sbr_bench.models.stan import DAY, STAN, VSTAN
 from sbr_bench.models.vsknn import PREFIX_WEIGHTS, STEP_DECAYS, VSKNN
+from test_evaluate import assert_sparse_path_exact, sparse_cases
 
 
 def vsknn_reference(train_seqs, end_times, prefix, k, sample_size, similarity, weighting, weighting_score, remind):
@@ -199,3 +200,36 @@ def test_anchors_are_selected_by_name_and_all_keeps_its_meaning():
                                         "gru4rec", "stamp"]
     assert resolve_names("all") == ["pop", "spop", "sknn", "nextitnet", "narm", "srgnn", "gcsan", "sgnnhn", "lessr",
                                     "niser", "dhcn", "dsan", "attenmixer"]  # today's models and the Table 2 rows
+
+
+# --- the sparse evaluation path ------------------------------------------------------------------------------
+
+ANCHORS = {
+    "vsknn": lambda n: VSKNN(n),
+    "vsknn-no-remind": lambda n: VSKNN(n, 10, 50, "cosine", "quadratic", "linear", remind=False),
+    "stan": lambda n: STAN(n),
+    "stan-no-remind": lambda n: STAN(n, 5, 40, 0.5, 0.5, 1.0, remind=False),
+    "vstan": lambda n: VSTAN(n),
+    "vstan-no-remind": lambda n: VSTAN(n, 10, 0, remind=False),
+    "sfsknn": lambda n: SequenceFilterKNN(n),
+}
+
+
+@pytest.mark.parametrize("name", ANCHORS)
+def test_sparse_ranks_are_the_dense_ranks(tiny, name):
+    model = ANCHORS[name](tiny.n_items).fit(tiny.train)
+    assert assert_sparse_path_exact(model, tiny.test, tiny.n_items).tie_rate > 0.05
+
+
+@pytest.mark.parametrize("name", ANCHORS)
+def test_sparse_ranks_with_no_candidates_and_targets_in_the_prefix(name):
+    train = Split.all_prefixes(Sessions.from_lists([[1, 2, 3], [2, 3, 4], [3, 4, 5, 3], [1, 5], [2, 2, 6], [4, 1]],
+                                                   end_time=[3600.0 * i for i in range(6)]))
+    # [9] and [8]: unseen items, no candidates; [1, 2] -> 1 and [2, 5, 2] -> 2: the target is in the
+    # prefix (removed without remind); [3, 4] -> 6 and [8, 1] -> 7: targets off the candidates.
+    test = Split.from_pairs([[9], [8], [1, 2], [3, 4], [2, 5, 2], [8, 1], [4], [5, 3]], [9, 1, 1, 6, 2, 7, 3, 2])
+    model = ANCHORS[name](9).fit(train)
+    res = assert_sparse_path_exact(model, test, 9, batch_size=3)
+    assert res.ranks_pessimistic[0] == 9  # nothing scored: a tie of all 9 items
+    cases = sparse_cases(model, test, 9)
+    assert cases["empty"] >= 2 and cases["target off"] >= 2 and cases["target stored"] >= 1

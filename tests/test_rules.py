@@ -14,6 +14,7 @@ from sbr_bench.data.graphs import collate_examples
 from sbr_bench.data.sessions import Sessions, Split
 from sbr_bench.models.registry import build_model
 from sbr_bench.models.rules import WEIGHTINGS, AssociationRules, SequentialRules
+from test_evaluate import assert_sparse_path_exact, sparse_cases
 
 SESSIONS = [[1, 2, 3, 2, 4], [2, 3], [3, 1, 2, 5, 6, 2], [4, 4, 1], [6, 5, 2, 3]]
 
@@ -114,3 +115,33 @@ def test_beats_popularity_on_the_real_diginetica_sample(name, tmp_path):
     hr, pop = test_hr20(model, data), popularity_hr20(data)
     print(f"{name} (diginetica sample): test HR@20 {hr:.4f} vs popularity {pop:.4f}")
     assert hr > pop
+
+
+# --- the sparse evaluation path ------------------------------------------------------------------------------
+
+RULES = {
+    "sr": lambda n: SequentialRules(n),
+    # weights 1 - 0.1 i: rules 10 steps apart weigh exactly 0, farther ones less, below the background 0
+    "sr-linear-20": lambda n: SequentialRules(n, 20, "linear", 0),
+    "ar": lambda n: AssociationRules(n),
+    "ar-unpruned": lambda n: AssociationRules(n, 0),
+}
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_sparse_ranks_are_the_dense_ranks(tiny, name):
+    model = RULES[name](tiny.n_items).fit(tiny.train)
+    assert assert_sparse_path_exact(model, tiny.test, tiny.n_items).tie_rate > 0.1
+    if name == "sr-linear-20":
+        rows, _ = model.sparse_scores(collate_examples(tiny.test, np.arange(len(tiny.test)), tiny.n_items))
+        assert (rows.data < 0).any() and (rows.data == 0).any()
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_sparse_ranks_without_rules_for_the_last_click(name):
+    # [3, 7]: item 7 is never clicked in training, no rules; [6, 5, 2] -> 7: a target off the candidates.
+    test = Split.from_pairs([[3, 7], [1], [2, 3], [6, 5, 2], [5, 4], [4, 4]], [2, 2, 4, 7, 1, 4])
+    model = RULES[name](7).fit(train_split())
+    assert_sparse_path_exact(model, test, 7, batch_size=4)
+    cases = sparse_cases(model, test, 7)
+    assert cases["empty"] >= 1 and cases["target off"] >= 2 and cases["target stored"] >= 1

@@ -29,6 +29,11 @@ scores for items 1..n_items, deterministic (no random tie-breaking noise: ties a
 pop returns a broadcast (read-only) view of its one score row; spop and sknn take an optional
 `out=` [B, n_items] float32 tensor to write into, so evaluation reuses one buffer instead of allocating
 (and page-faulting in) a fresh score matrix per batch.
+
+`sparse_scores(batch) -> (rows, background)` gives the same scores without a dense row, for the
+evaluator's sparse path: `rows` a float32 CSR [B, n_items] (column j = item j + 1, no duplicate entries)
+of the items that score differently from the rest, `background` the score of every other item, a number
+(0 for the kNN and rule anchors) or a finite float32 row [n_items] shared by all examples (pop, spop).
 """
 
 from __future__ import annotations
@@ -96,6 +101,10 @@ class Popularity(CountingBaseline):
         # Every row is the same: a broadcast view, no [B, N] copy (an in-place write into it raises).
         return self.counts.to(batch.x.device).unsqueeze(0).expand(batch.num_graphs, -1)
 
+    def sparse_scores(self, batch) -> tuple[sp.csr_matrix, np.ndarray]:
+        self._check_fitted()
+        return sp.csr_matrix((batch.num_graphs, self.n_items), dtype=np.float32), self.counts.cpu().numpy()
+
 
 class SessionPopularity(Popularity):
     """score(i) = count of i in the prefix + popularity rank of i scaled into [0, 1)."""
@@ -125,6 +134,20 @@ class SessionPopularity(Popularity):
         scores.index_put_((batch.alias_batch, clicked), ones, accumulate=True)
         return scores
 
+    def sparse_scores(self, batch) -> tuple[sp.csr_matrix, np.ndarray]:
+        """The prefix's items over the secondary row."""
+        self._check_fitted()
+        example = batch.alias_batch.cpu().numpy()
+        clicked = (batch.x[batch.alias] - 1).cpu().numpy()
+        key, click = np.unique(example * self.n_items + clicked, return_inverse=True)
+        secondary = self.secondary.cpu()
+        values = secondary[torch.from_numpy(key % self.n_items)]
+        # The dense path's float32 accumulation, one click at a time, so the sums round identically.
+        values.index_put_((torch.from_numpy(click.reshape(-1)),), torch.ones(len(click)), accumulate=True)
+        indptr = np.searchsorted(key, np.arange(batch.num_graphs + 1) * self.n_items)
+        rows = sp.csr_matrix((values.numpy(), key % self.n_items, indptr), shape=(batch.num_graphs, self.n_items))
+        return rows, secondary.numpy()
+
 
 def _keep_last_per_row(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     """Keep the last `keep` stored entries of each row (the largest column ids; indices must be sorted)."""
@@ -136,7 +159,22 @@ def _keep_last_per_row(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     return sp.csr_matrix((m.data[mask], m.indices[mask], indptr), shape=m.shape)
 
 
-class SessionKNN(CountingBaseline):
+class CandidateBaseline(CountingBaseline):
+    """A baseline whose scores are 0 except on a few candidate items per example (kNN and rule anchors):
+    subclasses give those as `candidate_scores`, dense rows and sparse rows both come from them."""
+
+    def candidate_scores(self, batch) -> sp.spmatrix:  # pragma: no cover - interface
+        """[B, n_items + 1] scores (column 0 the padding id), no duplicate entries."""
+        raise NotImplementedError
+
+    def forward(self, batch, out: Tensor | None = None) -> Tensor:
+        return dense_scores(self.candidate_scores(batch), batch, self.n_items, out)
+
+    def sparse_scores(self, batch) -> tuple[sp.csr_matrix, float]:
+        return item_rows(self.candidate_scores(batch), self.n_items), 0.0
+
+
+class SessionKNN(CandidateBaseline):
     """Session-based kNN over a sparse session x item matrix (see module docstring)."""
 
     SIMILARITIES = ("cosine", "jaccard")
@@ -215,24 +253,35 @@ class SessionKNN(CountingBaseline):
         top = (np.arange(len(row)) - np.repeat(candidates.indptr[:-1], per_row)) < self.k
         return row[top], sess[top], sim[top]
 
-    def forward(self, batch, out: Tensor | None = None) -> Tensor:
+    def candidate_scores(self, batch) -> sp.csr_matrix:
         row, sess, sim = self.neighbours(batch)
         weights = sp.csr_matrix((sim, (row, sess)), shape=(batch.num_graphs, self.session_items.shape[0]))
-        return dense_scores(weights @ self.session_items, batch, self.n_items, out)  # float64 sums, sparse
+        return weights @ self.session_items  # float64 sums, sparse
+
+
+def item_rows(scores: sp.spmatrix, n_items: int) -> sp.csr_matrix:
+    """Float32 CSR [B, n_items] of items 1..n_items (column j = item j + 1) from [B, n_items + 1] rows
+    whose column 0 is the padding id; the one float64 -> float32 cast of both evaluation paths."""
+    scores = scores.tocsr()
+    rows = np.repeat(np.arange(scores.shape[0], dtype=np.int64), np.diff(scores.indptr))
+    keep = scores.indices > 0
+    indptr = np.zeros(scores.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows[keep], minlength=scores.shape[0]), out=indptr[1:])
+    return sp.csr_matrix((scores.data[keep].astype(np.float32), scores.indices[keep] - 1, indptr),
+                         shape=(scores.shape[0], n_items))
 
 
 def dense_scores(scores: sp.spmatrix, batch, n_items: int, out: Tensor | None = None) -> Tensor:
     """[B, n_items] float32 scores of items 1..n_items from sparse [B, n_items + 1] rows (column 0 is the
     padding id), written into `out` when given (as toarray and a cast, without the dense float64 copy)."""
-    scores = scores.tocsr()
+    scores = item_rows(scores, n_items)
     rows = np.repeat(np.arange(batch.num_graphs, dtype=np.int64), np.diff(scores.indptr))
-    keep = scores.indices > 0
     if out is None or out.dtype != torch.float32:
         out = torch.zeros(batch.num_graphs, n_items, device=batch.x.device)
     else:
         out.zero_()
-    at = [torch.from_numpy(a).to(out.device) for a in (rows[keep], scores.indices[keep].astype(np.int64) - 1)]
-    out[at[0], at[1]] = torch.from_numpy(scores.data[keep].astype(np.float32)).to(out.device)
+    at = [torch.from_numpy(a).to(out.device) for a in (rows, scores.indices.astype(np.int64))]
+    out[at[0], at[1]] = torch.from_numpy(scores.data).to(out.device)
     return out
 
 

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from ..data.sessions import Split
 from . import space
-from .baselines import CountingBaseline, clicks_in_order, dense_scores
+from .baselines import CandidateBaseline, clicks_in_order
 from .registry import BaselineSpec
 
 WEIGHTINGS = {
@@ -59,15 +59,15 @@ def _prune(source, target, weight, first_seen, n_items: int, keep: int) -> sp.cs
     return rules
 
 
-class RuleModel(CountingBaseline):
+class RuleModel(CandidateBaseline):
     """Scores = the rules of the prefix's last click (see the module docstring)."""
 
     rules: sp.csr_matrix
 
-    def forward(self, batch, out=None):
+    def candidate_scores(self, batch):
         self._check_fitted()
         last = batch.x[batch.alias[batch.last]].cpu().numpy()
-        return dense_scores(self.rules[last], batch, self.n_items, out)
+        return self.rules[last]
 
 
 class SequentialRules(RuleModel):

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import space
-from .baselines import SessionKNN, clicks_in_order, dense_scores
+from .baselines import SessionKNN, clicks_in_order
 from .registry import BaselineSpec
 
 
@@ -30,12 +30,9 @@ class SequenceFilterKNN(SessionKNN):
         self.followed_by.data[:] = 1.0
         return self
 
-    def forward(self, batch, out=None):
-        row, sess, sim = self.neighbours(batch)
-        weights = sp.csr_matrix((sim, (row, sess)), shape=(batch.num_graphs, self.session_items.shape[0]))
+    def candidate_scores(self, batch):
         last = batch.x[batch.alias[batch.last]].cpu().numpy()
-        scores = (weights @ self.session_items).multiply(self.followed_by[last])
-        return dense_scores(scores, batch, self.n_items, out)
+        return super().candidate_scores(batch).multiply(self.followed_by[last])
 
 
 @dataclass(frozen=True)

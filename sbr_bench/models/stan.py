@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import space
-from .baselines import dense_scores, training_clicks
+from .baselines import training_clicks
 from .registry import BaselineSpec
 from .vsknn import PrefixVectorKNN, prefix_items
 
@@ -69,7 +69,7 @@ class STAN(PrefixVectorKNN):
         np.maximum.at(latest, pair, position[at])
         return self.top_k(batch.num_graphs, row, sess, sim, anchor, length[np.searchsorted(example, row)] - latest)
 
-    def forward(self, batch, out=None):
+    def candidate_scores(self, batch):
         row, sess, sim, anchor, gap = self.neighbours(batch)
         # Every item of every neighbour: its slice of the (session, item) keys, which are sorted by session.
         size = self.n_items + 1
@@ -84,7 +84,7 @@ class STAN(PrefixVectorKNN):
         value = self.adjust(value, item, gap[vote])
         scores = sp.csr_matrix((value, (row[vote], item)), shape=(batch.num_graphs, size))
         scores.sum_duplicates()
-        return dense_scores(scores if self.remind else self.without_prefix_items(scores, batch), batch, self.n_items, out)
+        return scores if self.remind else self.without_prefix_items(scores, batch)
 
     def adjust(self, value, item, gap):
         """Further decays of a vote for `item` (V-STAN's); `gap`: clicks between the prefix's end and its

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import space
-from .baselines import SessionKNN, clicks_in_order, dense_scores
+from .baselines import SessionKNN, clicks_in_order
 from .registry import BaselineSpec
 
 PREFIX_WEIGHTS = {
@@ -144,12 +144,12 @@ class VSKNN(PrefixVectorKNN):
             sim = overlap / (norm[row] * np.sqrt(self.session_size[sess]))
         return self.top_k(batch.num_graphs, row, sess, sim, step)
 
-    def forward(self, batch, out=None):
+    def candidate_scores(self, batch):
         row, sess, sim, step = self.neighbours(batch)
         votes = sim * STEP_DECAYS[self.weighting_score](step.astype(np.float64))
         weights = sp.csr_matrix((votes, (row, sess)), shape=(batch.num_graphs, self.session_items.shape[0]))
         scores = (weights @ self.session_items).tocsr()
-        return dense_scores(scores if self.remind else self.without_prefix_items(scores, batch), batch, self.n_items, out)
+        return scores if self.remind else self.without_prefix_items(scores, batch)
 
 
 @dataclass(frozen=True)
