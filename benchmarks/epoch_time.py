@@ -51,7 +51,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--dataset", default="synthetic:diginetica",
-                    help="diginetica | gowalla | synthetic:diginetica (default) | any prepared dataset name")
+                    help="diginetica | gowalla | synthetic:diginetica (default) | any prepared dataset name | a "
+                         "folder of preprocessed splits (e.g. ../shared/datasets/diginetica/srgnn_protocol)")
     ap.add_argument("--data-dir", default="datasets", help="where prepared datasets are cached (default: datasets)")
     ap.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated (default: {DEFAULT_MODELS})")
     ap.add_argument("--subset", type=int, help="train on this many training examples (fixed seeded subset)")
@@ -141,7 +142,7 @@ def load_data(args):
     from sbr_bench.profiling import subset_split
 
     name = args.dataset
-    if not name.startswith("synthetic") and not (Path(args.data_dir) / name / IMPORT_FILE).exists():
+    if not (name.startswith("synthetic") or Path(name).is_dir() or (Path(args.data_dir) / name / IMPORT_FILE).exists()):
         how = PREPARE.get(name, f"sbr-bench datasets prepare {name} --from PATH")
         sys.exit(f"--dataset {name}: not prepared in {args.data_dir}/ (no {name}/{IMPORT_FILE}); prepare it "
                  f"once from the shared splits with:\n  {how}" + (f" --data-dir {args.data_dir}"

@@ -119,7 +119,7 @@ def environment() -> dict:
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "cudnn_deterministic": torch.backends.cudnn.deterministic,
-            "amp": False,  # the trainer runs in float32
+            "amp": False,  # no autocast: float32, but for each model's `precision` of its scoring products (config.json)
         },
         "suite_git_sha": _git_sha(),
         "distributed": _distributed(),
