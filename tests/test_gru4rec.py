@@ -310,3 +310,12 @@ def test_weight_groups_cover_every_linear():
     groups = assert_weight_groups_cover_every_linear(gru4rec(20, layers=2)[0])
     assert groups == {"gnn.gate_ih": ["encoder.x2h.0", "encoder.x2h.1"],
                       "gnn.gate_hh": ["encoder.h2h.0", "encoder.h2h.1"]}
+
+
+def test_precision_is_refused_where_only_evaluation_would_change():
+    from sbr_bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="session-parallel GRU4Rec scores sampled items"):
+        build_model("gru4rec", 30, {"precision": "bf16"})
+    model, _ = build_model("gru4rec", 30, {"precision": "bf16", "session_parallel": False})
+    assert model.scorer.precision == "bf16"

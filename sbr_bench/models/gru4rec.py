@@ -210,6 +210,10 @@ class GRU4Rec(SBRModel):
         if loss != "cross-entropy" and not session_parallel:
             raise ConfigError("overrides.loss", "trained on prefix mini-batches (session_parallel = false), "
                               "GRU4Rec uses the full softmax: cross-entropy only", loss)
+        if session_parallel and scorer.precision != "fp32":
+            raise ConfigError("overrides.precision", "session-parallel GRU4Rec scores sampled items, not the "
+                              "catalogue, so only its evaluation would change: use fp32, or session_parallel = "
+                              "false", scorer.precision)
         self.item_bias = nn.Embedding(n_items + 1, 1)
         self.session_parallel, self.loss_name = session_parallel, loss
         self.n_sample, self.sample_alpha, self.logq = n_sample, sample_alpha, logq

@@ -3,8 +3,8 @@ item embeddings of a session; the state at the last click scores every item by d
 
 Residual block (the authors' TensorFlow code, `nextitnet_residual_block`): dilated causal convolution
 (dilation r) -> LayerNorm -> ReLU -> dilated causal convolution (dilation 2r) -> LayerNorm -> ReLU, added
-to the block's input. Causal: each position sees only itself and earlier clicks (left padding), so a
-prefix's states do not depend on what follows it, nor on the batch's padding at the end.
+to the block's input. Causal: each position sees only itself and earlier clicks of its session (zeros
+before the start), so a prefix's states do not depend on what follows it; sessions stay packed.
 
 Defaults from RecBole's NextItNet configuration: d = 64, kernel width 3, 5 repetitions of the dilations
 (1, 4) (10 blocks), L2 1e-5. The original trains every position of a session at once (sequence to

@@ -21,8 +21,9 @@ multiplies (a boolean `masked_fill` over the table is four times slower on the C
 `keep_mask`.
 
 `precision` (every neural model's config key) sets the arithmetic of these products: fp32; tf32, TF32
-tensor cores on CUDA; bf16, bfloat16 inputs with float32 results (what autocast does to a matmul). The
-norms, the softmax and everything else stay float32.
+tensor cores on CUDA; bf16, inputs rounded to bfloat16, products accumulated and returned in float32 (a
+bfloat16 result, as autocast gives, would put ties into the full-catalogue ranking). The norms, the
+softmax and everything else stay float32.
 
 `cross_entropy` is F.cross_entropy (mean over the batch) that keeps exp(scores - max) from its forward
 and turns it into the gradient softmax - onehot in place: one pass over the [B, N] scores in backward,
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 EPS = 1e-12  # F.normalize's default
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -55,8 +57,12 @@ def _tf32(on: bool):
 def _mm(a: Tensor, b: Tensor, precision: str, out: Tensor | None = None) -> Tensor:
     """a @ b in the given precision (module doc); float32 result, into `out` if given."""
     if precision == "bf16":
-        product = torch.mm(a.to(torch.bfloat16), b.to(torch.bfloat16))
-        return product.float() if out is None else out.copy_(product)
+        a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
+        if a.is_cuda:  # bfloat16 tensor cores, float32 accumulation and result (a bf16 result would tie scores)
+            product = torch.mm(a16, b16, out_dtype=torch.float32)
+        else:  # no such kernel on the CPU: the same rounded inputs, multiplied in float32
+            product = torch.mm(a16.float(), b16.float())
+        return product if out is None else out.copy_(product)
     with _tf32(precision == "tf32" and a.is_cuda):
         return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
 
@@ -84,11 +90,12 @@ def keep_mask(shape, p: float, device=None, chunk: int = 1 << 18) -> Tensor:
 
 
 def tail_of(items: Tensor) -> tuple[Tensor, int]:
-    """(table, first) with items = table[first:] when `items` is a tail slice of a contiguous 2-D tensor;
-    else (items, 0)."""
+    """(table, first) with items = table[first:] when `items` is a differentiable tail slice of a
+    contiguous 2-D tensor that requires grad (so its gradient would flow into the table anyway); else
+    (items, 0)."""
     base = items._base
-    if (base is None or base.dim() != 2 or items.dim() != 2 or base.shape[1] != items.shape[1]
-            or not (base.is_contiguous() and items.is_contiguous())):
+    if (base is None or items.grad_fn is None or not base.requires_grad or base.dim() != 2 or items.dim() != 2
+            or base.shape[1] != items.shape[1] or not (base.is_contiguous() and items.is_contiguous())):
         return items, 0
     first, rest = divmod(items.storage_offset() - base.storage_offset(), base.stride(0))
     if rest or first < 0 or first + items.shape[0] != base.shape[0]:
@@ -113,6 +120,7 @@ class _TableScores(torch.autograd.Function):
         return _mm(s, table[first:].t(), precision)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         s, table = ctx.saved_tensors
         grad_s = _mm(grad, table[ctx.first :], ctx.precision) if ctx.needs_input_grad[0] else None
@@ -146,20 +154,33 @@ class _ColumnScaledScores(torch.autograd.Function):
             kept = rows * keep_m if keep_m is not None else rows
             scores = _mm(s, kept.t(), precision).mul_(col)
         ctx.centre, ctx.first, ctx.precision = centre, first, precision
-        ctx.save_for_backward(s, table, rows, kept, keep_m, norm, col, scores)
+        # The backward scales by `col` on the smaller side: the [B, N] gradient while B <= d, else the
+        # [N, d] table (then it needs no copy of the scores either).
+        ctx.save_for_backward(s, table, rows, kept, keep_m, norm, col, scores if s.shape[0] <= s.shape[1] else None)
         return scores
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         s, table, rows, kept, keep_m, norm, col, scores = ctx.saved_tensors
-        g = grad * col
-        grad_s = _mm(g, kept, ctx.precision) if ctx.needs_input_grad[0] else None
-        grad_table = None
-        if ctx.needs_input_grad[1]:
+        grad_s = grad_table = None
+        if scores is not None:
+            g = grad * col
+            if ctx.needs_input_grad[0]:
+                grad_s = _mm(g, kept, ctx.precision)
+            if ctx.needs_input_grad[1]:
+                grad_table, grad_rows = _table_grad(table, ctx.first, g, s, ctx.precision)
+                weighted = (grad * scores).sum(0)  # Σ_b G·scores per item
+        else:
+            if ctx.needs_input_grad[0]:
+                grad_s = _mm(grad, kept * col[:, None], ctx.precision)
+            if ctx.needs_input_grad[1]:
+                grad_table, grad_rows = _table_grad(table, ctx.first, grad, s, ctx.precision)
+                grad_rows.mul_(col[:, None])
+                weighted = (kept * grad_rows).sum(1)  # the same Σ_b G·scores, from the table side
+        if grad_table is not None:
             # gradient through the norm, per row: k_j · f(v_j); zero where the clamp is active
-            k = (grad * scores).sum(0).div_(norm.square().clamp_min(EPS * EPS)).neg_()
-            k = k.masked_fill_(norm < EPS, 0.0)
-            grad_table, grad_rows = _table_grad(table, ctx.first, g, s, ctx.precision)
+            k = weighted.div_(norm.square().clamp_min(EPS * EPS)).neg_().masked_fill_(norm < EPS, 0.0)
             if keep_m is not None:
                 grad_rows.mul_(keep_m)
             grad_rows.addcmul_(rows, k[:, None])
@@ -201,6 +222,7 @@ class _CrossEntropy(torch.autograd.Function):
         return (lse - scores.gather(1, target[:, None]).squeeze(1)).mean()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         # e is turned into the gradient in place: a second backward through the same graph finds it
         # modified and autograd raises, instead of reusing it
