@@ -63,7 +63,7 @@ def _mm(a: Tensor, b: Tensor, precision: str, out: Tensor | None = None) -> Tens
         else:  # no such kernel on the CPU: the same rounded inputs, multiplied in float32
             product = torch.mm(a16.float(), b16.float())
         return product if out is None else out.copy_(product)
-    with _tf32(precision == "tf32" and a.is_cuda):
+    with _tf32(precision == "tf32") if a.is_cuda else contextlib.nullcontext():  # fp32 means no TF32 either
         return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
 
 
