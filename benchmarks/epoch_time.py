@@ -76,7 +76,13 @@ def parse_args(argv=None):
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--block-torch-scatter", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    for item in args.set:
+    check_sets(ap, args.set)
+    return args
+
+
+def check_sets(ap, items) -> None:
+    """--set KEY=VALUE items have a key and a JSON value (else the parser's one-line error)."""
+    for item in items:
         key, eq, value = item.partition("=")
         try:
             json.loads(value)
@@ -84,7 +90,6 @@ def parse_args(argv=None):
             eq = ""
         if not (key and eq):
             ap.error(f"--set {item}: expected KEY=VALUE with a JSON value, e.g. --set dim=256")
-    return args
 
 
 # --- child: one model, one epoch -----------------------------------------------------------------------

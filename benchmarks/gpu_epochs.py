@@ -52,6 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
+from epoch_time import check_sets  # noqa: E402 - the same folder (sys.path[0] when run as a script)
+
 # Table 2 of Zhang et al., "Efficiently Leveraging Multi-level User Intent for Session-based Recommendation
 # via Atten-Mixer Network" (WSDM 2023), column "Time (s)": running time per training epoch in seconds, "on a
 # single NVIDIA GeForce RTX 3090 GPU" (Section 5.1, which also gives d = 256 and batch size 100 for every
@@ -109,14 +111,7 @@ def parse_args(argv=None):
     bad = [p for p in args.precisions if p not in PRECISIONS]
     if bad or not args.precisions:
         ap.error(f"--precision {args.precision}: choose from {', '.join(PRECISIONS)}")
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        try:
-            json.loads(value)
-        except json.JSONDecodeError:
-            eq = ""
-        if not (key and eq):
-            ap.error(f"--set {item}: expected KEY=VALUE with a JSON value, e.g. --set dim=128")
+    check_sets(ap, args.set)
     if args.threads is None:
         args.threads = 1 if args.device == "cpu" else 4
     return args
@@ -128,7 +123,6 @@ def child(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    import sbr_bench.training as training
     from sbr_bench.io import write_json
     from sbr_bench.models.registry import model_config
     from sbr_bench.profiling import profile_model
@@ -146,18 +140,8 @@ def child(args) -> int:
     elif precision != "fp32":
         write_json(args.out, dict(row, status="unavailable", reason="precision option unavailable"))
         return 0
-    # profile_model keeps only the timings of the epoch: take the validation metrics from the trainer's output.
-    captured, real = {}, training.train_model
-
-    def keep_output(*a, **kw):
-        captured["out"] = real(*a, **kw)
-        return captured["out"]
-
-    training.train_model = keep_output  # profile_model imports it from the module when called
     row.update(profile_model(args.child, cfg, dataset, args.device, seed=args.seed))
-    history = (captured.get("out") or {}).get("history") or [{}]
-    row.update(valid=history[0].get("valid"), peak_gpu_reserved_mb=history[0].get("peak_gpu_reserved_mb"),
-               torch=torch.__version__, gpu=torch.cuda.get_device_name() if row["device"].startswith("cuda") else None)
+    row.update(torch=torch.__version__, gpu=torch.cuda.get_device_name() if row["device"].startswith("cuda") else None)
     write_json(args.out, row)
     return 0
 

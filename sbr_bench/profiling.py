@@ -206,9 +206,9 @@ def profile_model(name: str, cfg: dict, dataset, device, seed: int = 0, determin
     t = r["time"]
     row.update(status="trained", train_s=t["train"], data_s=t["data"], forward_s=t["forward"],
                backward_s=t["backward"], eval_s=t["eval"], examples=r["examples"], batches=r["batches"],
-               examples_per_s=r["examples_per_s"])
+               examples_per_s=r["examples_per_s"], valid=r.get("valid"))
     if "peak_gpu_mb" in r:
-        row.update(peak_kind="cuda", peak_mb=r["peak_gpu_mb"])
+        row.update(peak_kind="cuda", peak_mb=r["peak_gpu_mb"], peak_gpu_reserved_mb=r.get("peak_gpu_reserved_mb"))
     batch = int(cfg["batch_size"])
     dim = shape.get("dim", getattr(getattr(model, "embedding", None), "embedding_dim", cfg.get("dim")))
     n_items = shape.get("n_items", dataset.n_items)

@@ -22,6 +22,7 @@ from sbr_bench.io import read_json, read_jsonl
 from sbr_bench.models.base import DotScorer, EmbeddingEncoder, Readout, SBRModel
 from sbr_bench.runs import Run
 from sbr_bench.training import seed_everything, train_model
+from test_runs_resume import Crash, build, comparable
 
 # cuBLAS reads this when it starts (the first CUDA matrix product of the process): set it before any test
 # does, so that the deterministic resume test below gets deterministic cuBLAS whatever ran first.
@@ -107,37 +108,6 @@ class LastReadout(Readout):
         return enc.last_h
 
 
-class Crash(Exception):
-    pass
-
-
-class CrashingModel(SBRModel):
-    """Embedding dropout (drawn from the CUDA generator) and a crash once `crash_at` training steps are done."""
-
-    def __init__(self, n_items, crash_at=None):
-        super().__init__(n_items, 16, EmbeddingEncoder(16, dropout=0.3), LastReadout(), DotScorer())
-        self.crash_at, self.steps = crash_at, 0
-
-    def loss(self, batch):
-        self.steps += 1
-        if self.crash_at is not None and self.steps == self.crash_at:
-            raise Crash()
-        return super().loss(batch)
-
-
-def build(n_items, crash_at=None):
-    seed_everything(3)
-    model = CrashingModel(n_items, crash_at)
-    model.reset_parameters()
-    return model
-
-
-def comparable(run: Run):
-    summary = run.read_summary()
-    return ({k: summary[k] for k in ("best_epoch", "valid", "test", "epochs_trained")},
-            [(r["epoch"], r["loss"], r["lr"], r["valid"]) for r in run.read_epochs()])
-
-
 def train_deterministic(model, data, run, **kw):
     flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     try:
@@ -151,14 +121,14 @@ def train_deterministic(model, data, run, **kw):
 @pytest.fixture(scope="module")
 def resume_reference(tiny, tmp_path_factory):
     run = Run(tmp_path_factory.mktemp("ref") / "unit", "crashy", 3)
-    train_deterministic(build(tiny.n_items), tiny, run)
+    train_deterministic(build(tiny.n_items, readout=LastReadout()), tiny, run)
     return comparable(run)
 
 
 def crash_in_epoch_1(tiny, run):
     batches_per_epoch = -(-len(tiny.train) // RESUME_CFG["batch_size"])
     with pytest.raises(Crash):  # epoch 1, three steps after the mid-epoch checkpoint at batch 10
-        train_deterministic(build(tiny.n_items, crash_at=batches_per_epoch + 13), tiny, run)
+        train_deterministic(build(tiny.n_items, crash_at=batches_per_epoch + 13, readout=LastReadout()), tiny, run)
     ckpt = run.load_checkpoint()
     assert (ckpt["state"]["epoch"], ckpt["state"]["batch"]) == (1, 10)
     assert "cuda" in ckpt["rng"] and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count()
@@ -167,7 +137,7 @@ def crash_in_epoch_1(tiny, run):
 def test_cuda_crash_mid_epoch_resumes_exactly(tiny, tmp_path, resume_reference):
     run = Run(tmp_path / "unit", "crashy", 3)
     crash_in_epoch_1(tiny, run)
-    train_deterministic(build(tiny.n_items), tiny, run)
+    train_deterministic(build(tiny.n_items, readout=LastReadout()), tiny, run)
     assert comparable(run) == resume_reference
     assert [r["resumed_mid_epoch"] for r in run.read_epochs()] == [False, True, False]
 
@@ -178,7 +148,7 @@ def test_cuda_resume_depends_on_the_restored_cuda_rng_state(tiny, tmp_path, resu
     run = Run(tmp_path / "unit", "crashy", 3)
     crash_in_epoch_1(tiny, run)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: None)
-    train_deterministic(build(tiny.n_items), tiny, run)
+    train_deterministic(build(tiny.n_items, readout=LastReadout()), tiny, run)
     assert comparable(run)[1][1] != resume_reference[1][1]  # epoch 1, the resumed one, differs
 
 

@@ -32,9 +32,9 @@ class Crash(Exception):
 class CrashingModel(SBRModel):
     """Raises once its shared counter reaches `crash_at` training steps (simulates a killed process)."""
 
-    def __init__(self, n_items, crash_at=None):
+    def __init__(self, n_items, crash_at=None, readout=None):
         # dropout draws from the torch RNG, so an exact resume needs the RNG state restored too
-        super().__init__(n_items, 16, EmbeddingEncoder(16, dropout=0.3), MeanReadout(), DotScorer())
+        super().__init__(n_items, 16, EmbeddingEncoder(16, dropout=0.3), readout or MeanReadout(), DotScorer())
         self.crash_at, self.steps = crash_at, 0
 
     def loss(self, batch):
@@ -44,9 +44,9 @@ class CrashingModel(SBRModel):
         return super().loss(batch)
 
 
-def build(n_items, crash_at=None):
+def build(n_items, crash_at=None, readout=None):
     seed_everything(3)
-    model = CrashingModel(n_items, crash_at)
+    model = CrashingModel(n_items, crash_at, readout)
     model.reset_parameters()
     return model
 
