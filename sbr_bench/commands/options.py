@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import UserError
+from ..models.scoring import PRECISIONS
 
 
 def add_dataset_arguments(p, default="synthetic") -> None:
@@ -87,7 +88,7 @@ def add_experiment_arguments(p, folder: str, extra_models: str = "") -> None:
                    "on synthetic data)")
     p.add_argument("--batch-size", type=int, help="training batch size for every model")
     p.add_argument("--device", help="auto | cpu | cuda[:k] (default: auto)")
-    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), help="arithmetic of the scoring products "
+    p.add_argument("--precision", choices=PRECISIONS, help="arithmetic of the scoring products "
                    "for every neural model: fp32 (default), tf32 (CUDA tensor cores) or bf16 (bfloat16 inputs, "
                    "float32 results); the same as --set precision=...")
     add_set_argument(p, "set a parameter for every model that has it, or MODEL.KEY=VALUE for one model "
