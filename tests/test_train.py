@@ -170,3 +170,38 @@ def test_baseline_is_fitted_once_on_train_and_evaluated(tiny, tmp_path, monkeypa
     random_mrr = 100 * np.mean([1 / r for r in range(1, 21)]) * 20 / tiny.n_items
     assert summary["test"]["MRR@20"] > random_mrr
     assert len(run.read_ranks()["expected"]) == len(tiny.test)
+
+
+def test_lookups_train_with_sparse_gradients_that_the_table_gradient_absorbs(tiny):
+    """In training, an encoder's lookups have sparse gradients; the scoring products' dense table gradient
+    absorbs them, to the same values as dense lookups give."""
+    model = mean_model(tiny.n_items)
+    batch = next(iter(ev.collate_examples(tiny.train, np.arange(64), tiny.n_items) for _ in range(1)))
+    model.train()
+    model.loss(batch)[0].backward()
+    got = model.embedding.weight.grad
+    assert got.layout == torch.strided
+    model.zero_grad(set_to_none=True)
+    s = MeanReadout()(EmbeddingEncoder(16)(batch, model.embedding), batch)  # dense lookups, autograd's own way
+    torch.nn.functional.cross_entropy(s @ model.embedding.weight[1:].t(), batch.y - 1).backward()
+    torch.testing.assert_close(got, model.embedding.weight.grad)
+
+
+class LookupOnlyModel(SBRModel):
+    """Scores against a table of its own: its item embedding gets only the lookups' sparse gradient."""
+
+    def __init__(self, n_items):
+        super().__init__(n_items, 16, EmbeddingEncoder(16), MeanReadout(), DotScorer())
+        self.output = torch.nn.Parameter(torch.randn(n_items, 16) * 0.1)
+
+    def session_repr(self, batch):
+        enc = self.encode(batch)
+        return self.readout(enc, batch), self.output, enc
+
+
+def test_a_table_never_scored_still_trains_with_the_fused_optimizer(tiny, tmp_path):
+    seed_everything(0)
+    model = LookupOnlyModel(tiny.n_items)
+    before = model.embedding.weight.detach().clone()
+    out = train_model(model, tiny, dict(CFG, epochs=1), Run(tmp_path / "r", "m", 0), progress=False)
+    assert out["status"] == "ok" and not torch.equal(before, model.embedding.weight.detach())

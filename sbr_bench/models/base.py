@@ -112,6 +112,23 @@ class EmbeddingEncoder(Encoder):
         return Encoded(h, batch.alias_batch, batch.last, batch.length)
 
 
+class _SparseLookups:
+    """The item embedding as an encoder sees it in training: lookups with a sparse gradient (the rows
+    looked up), which autograd adds into the scoring products' dense table gradient, instead of a zero
+    [N + 1, d] table, an index_add into it and a sum of two full tables every step. `.weight` and the
+    rest are the embedding's own."""
+
+    def __init__(self, embedding: nn.Embedding):
+        self.embedding = embedding
+
+    def __call__(self, index: Tensor) -> Tensor:
+        e = self.embedding
+        return F.embedding(index, e.weight, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, sparse=True)
+
+    def __getattr__(self, name):
+        return getattr(self.embedding, name)
+
+
 class _TransformedEmbedding:
     """An embedding table seen through a `NormalisedInput`: lookups and `.weight` come out transformed."""
 
@@ -237,7 +254,8 @@ class SBRModel(nn.Module):
                 module.prepare(train)
 
     def encode(self, batch) -> Encoded:
-        return self.encoder(batch, self.embedding)
+        training = torch.is_grad_enabled() and self.embedding.weight.requires_grad
+        return self.encoder(batch, _SparseLookups(self.embedding) if training else self.embedding)
 
     def session_repr(self, batch) -> tuple[Tensor, Tensor, Encoded]:
         """Session vectors [B, d], the candidate table [N, d] and the encoder output."""
