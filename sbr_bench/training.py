@@ -367,6 +367,9 @@ class _Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
+            for module in model.modules():  # DDP's reducer takes dense gradients only, during backward
+                if hasattr(module, "sparse_lookups"):
+                    module.sparse_lookups = False
             self.net = DistributedDataParallel(_LossOf(model), device_ids=[device.index] if device.type == "cuda"
                                                else None, static_graph=True, gradient_as_bucket_view=True)
             seed_rank(seed, self.rank)

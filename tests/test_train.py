@@ -205,3 +205,33 @@ def test_a_table_never_scored_still_trains_with_the_fused_optimizer(tiny, tmp_pa
     before = model.embedding.weight.detach().clone()
     out = train_model(model, tiny, dict(CFG, epochs=1), Run(tmp_path / "r", "m", 0), progress=False)
     assert out["status"] == "ok" and not torch.equal(before, model.embedding.weight.detach())
+
+
+def test_sparse_lookups_only_for_plain_embeddings_in_training(tiny):
+    """Dense lookups where a sparse gradient would not be taken: no grad, a frozen table, DDP's flag, an
+    embedding subclass (its own forward) or scale_grad_by_freq (no sparse version)."""
+    import copy
+    import pickle
+
+    from sbr_bench.models.base import _SparseLookups
+
+    seen = []
+
+    class Spy(EmbeddingEncoder):
+        def forward(self, batch, embedding):
+            seen.append(type(embedding).__name__)
+            return super().forward(batch, embedding)
+
+    model = SBRModel(tiny.n_items, 16, Spy(16), MeanReadout(), DotScorer())
+    batch = ev.collate_examples(tiny.train, np.arange(8), tiny.n_items)
+    model.encode(batch)
+    with torch.no_grad():
+        model.encode(batch)
+    model.sparse_lookups = False
+    model.encode(batch)
+    model.sparse_lookups = True
+    model.embedding.scale_grad_by_freq = True
+    model.encode(batch)
+    assert seen == ["_SparseLookups", "Embedding", "Embedding", "Embedding"]
+    wrapper = _SparseLookups(model.embedding)
+    assert copy.deepcopy(wrapper).embedding_dim == 16 and pickle.loads(pickle.dumps(wrapper)).embedding_dim == 16

@@ -123,9 +123,11 @@ class _SparseLookups:
 
     def __call__(self, index: Tensor) -> Tensor:
         e = self.embedding
-        return F.embedding(index, e.weight, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, sparse=True)
+        return F.embedding(index, e.weight, e.padding_idx, e.max_norm, e.norm_type, sparse=True)
 
     def __getattr__(self, name):
+        if name.startswith("__") or name == "embedding":  # copy/pickle probe before __init__ ran
+            raise AttributeError(name)
         return getattr(self.embedding, name)
 
 
@@ -227,6 +229,7 @@ class SBRModel(nn.Module):
     """embedding + encoder + readout + scorer, trained with cross-entropy over all items."""
 
     trainable = True
+    sparse_lookups = True  # encoders' lookups with sparse gradients in training (_SparseLookups); off under DDP
 
     def __init__(self, n_items: int, dim: int, encoder: Encoder, readout: Readout, scorer: nn.Module):
         super().__init__()
@@ -254,8 +257,10 @@ class SBRModel(nn.Module):
                 module.prepare(train)
 
     def encode(self, batch) -> Encoded:
-        training = torch.is_grad_enabled() and self.embedding.weight.requires_grad
-        return self.encoder(batch, _SparseLookups(self.embedding) if training else self.embedding)
+        e = self.embedding
+        sparse = (self.sparse_lookups and torch.is_grad_enabled() and e.weight.requires_grad
+                  and type(e) is nn.Embedding and not e.scale_grad_by_freq)  # else the module's own lookups
+        return self.encoder(batch, _SparseLookups(e) if sparse else e)
 
     def session_repr(self, batch) -> tuple[Tensor, Tensor, Encoded]:
         """Session vectors [B, d], the candidate table [N, d] and the encoder output."""
