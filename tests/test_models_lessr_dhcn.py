@@ -234,12 +234,15 @@ def test_dhcn_convolution_is_the_layer_mean_of_powers():
 
 def test_dhcn_propagation_and_its_gradient_match_the_operator():
     # A x runs on A's CSR with rows and columns reordered for locality, the backward on A^T's (a pattern
-    # of its own once `hyper_min_weight` prunes A). Both must equal the documented operator `adjacency`.
+    # of its own once `hyper_min_weight` prunes A). Both must equal the documented operator A.
     train = Split.all_prefixes(Sessions.from_lists(TOY))
     for overrides in ({"hyperedges": "sessions"}, {"hyperedges": "prefixes"}, {"hyper_min_weight": 0.2}):
         model, _ = build_model("dhcn", 6, {"dim": 4, **overrides})
         model.prepare(train)
-        a = model.encoder.adjacency.to_dense()
+        a = model.encoder.operator().to_dense()
+        want = hypergraph_operator(*hyperedge_items(train, overrides.get("hyperedges", "sessions")), n_items=6,
+                                   min_weight=overrides.get("hyper_min_weight", 0.0)).toarray()
+        torch.testing.assert_close(a, torch.tensor(want, dtype=torch.float32))  # the reordered CSR is A
         x = torch.randn(6, 4, requires_grad=True)
         upstream = torch.randn(6, 4)
         y = model.encoder.propagate(x)
@@ -258,7 +261,7 @@ def test_dhcn_convolution_gradient_is_the_transposed_layer_pool(layers, layer_po
     model, _ = build_model("dhcn", 6, {"dim": 4, "layers": layers, "layer_pool": layer_pool,
                                        "hyper_min_weight": min_weight})
     model.prepare(train)
-    a = model.encoder.adjacency.to_dense()
+    a = model.encoder.operator().to_dense()
     weight = torch.randn(7, 4, requires_grad=True)
     upstream = torch.randn(6, 4)
     powers = [torch.linalg.matrix_power(a, k) for k in range(layers + 1)]
@@ -274,7 +277,7 @@ def test_dhcn_hypergraph_comes_from_training_data_only(tiny):
     # A small training part (the first 60 sessions) so that many valid/test items are unseen in it.
     ds = dataclasses.replace(tiny, train=Split.all_prefixes(tiny.train.sessions.subset(np.arange(60))))
     model, _ = built("dhcn", ds)
-    a = model.encoder.adjacency.to_dense()
+    a = model.encoder.operator().to_dense()
     train_items = np.unique(ds.train.sessions.items)
     has_row = np.flatnonzero(a.abs().sum(1).numpy() > 0) + 1
     np.testing.assert_array_equal(has_row, train_items)
@@ -284,7 +287,7 @@ def test_dhcn_hypergraph_comes_from_training_data_only(tiny):
     assert not a[unseen - 1].any()
     # Another test split (here: the full training split) leaves the operator unchanged.
     other, _ = built("dhcn", dataclasses.replace(ds, test=tiny.train))
-    assert torch.equal(other.encoder.adjacency.to_dense(), a)
+    assert torch.equal(other.encoder.operator().to_dense(), a)
 
 
 def test_dhcn_readout_matches_a_per_session_reversed_computation(tiny):

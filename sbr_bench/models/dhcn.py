@@ -9,8 +9,8 @@ Encoder (`DHCNEncoder`):
   stores each pair as its own session, so there "sessions" means prefix + target). All hyperedges have
   weight 1. The operator
   A = D^-1 H B^-1 H^T (item degrees D, hyperedge sizes B; items never seen in training get a zero row)
-  is kept as a sparse COO buffer (not saved in checkpoints: call `prepare` again after loading). The
-  convolution runs on CSR copies of A and A^T with rows and columns in a reverse Cuthill-McKee order
+  is kept as CSR buffers of A and A^T (not saved in checkpoints: call `prepare` again after loading;
+  `operator()` gives A itself), with rows and columns in a reverse Cuthill-McKee order
   (neighbouring rows read nearby rows of x, which the cache rewards), each product as a weighted
   `F.embedding_bag` (one bag of x rows per row of A: FBGEMM's kernel on CPU, several times faster than
   torch.sparse.mm; the same call runs on CUDA). All L layers are one autograd Function: the map is linear,
@@ -197,7 +197,6 @@ class DHCNEncoder(Encoder):
         _check_choice("hyperedges", hyperedges, HYPEREDGES)
         self.n_items, self.layers = n_items, int(layers)
         self.layer_pool, self.hyperedges, self.min_weight = layer_pool, hyperedges, min_weight
-        self.register_buffer("adjacency", None, persistent=False)
         # A and A^T as CSR (row pointers, columns, values), rows and columns reordered by `locality_order`:
         # item j sits at position rank[j], position k holds item order[k]. Kept as plain tensors so that the
         # module copies, pickles and moves as usual.
@@ -211,10 +210,7 @@ class DHCNEncoder(Encoder):
     def prepare(self, train) -> None:
         edge_ids, items = hyperedge_items(train, self.hyperedges)
         a = hypergraph_operator(edge_ids, items, self.n_items, self.min_weight)
-        device = self.adjacency.device if self.adjacency is not None else torch.device("cpu")
-        index = torch.from_numpy(np.stack([a.row, a.col]).astype(np.int64))
-        self.adjacency = torch.sparse_coo_tensor(
-            index, torch.from_numpy(a.data.astype(np.float32)), a.shape, check_invariants=True).coalesce().to(device)
+        device = self.order.device if self.order is not None else torch.device("cpu")
         order = locality_order(a)
         a = a.tocsr()[order][:, order]
         for name, m in zip(OPERATORS, (a, a.T)):
@@ -227,16 +223,23 @@ class DHCNEncoder(Encoder):
     def _operators(self) -> tuple[tuple, tuple]:
         return tuple(tuple(getattr(self, f"{name}_{part}") for part in CSR_PARTS) for name in OPERATORS)
 
+    def operator(self) -> Tensor:
+        """A [N, N] in item order (row/col j = item j+1), as a sparse COO tensor."""
+        crow, col, val = self._operators()[0]
+        row = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), crow.diff())
+        return torch.sparse_coo_tensor(torch.stack([self.order[row], self.order[col]]), val,
+                                       (self.n_items, self.n_items), check_invariants=True).coalesce()
+
     def propagate(self, x: Tensor) -> Tensor:
         """A x for x [N, d] in item order, differentiable in x."""
         return _Propagate.apply(x, *self._operators(), self.order, self.rank)
 
     def convolved_items(self, weight: Tensor) -> Tensor:
         """X_h [N, d] for items 1..N from the raw table rows 1..N."""
-        if self.adjacency is None:
+        if self.order is None:
             raise RuntimeError("DHCN: call model.prepare(train_split) before forward; the item hypergraph "
                                "is built from the training data only")
-        key = (weight.data_ptr(), weight._version, id(self.adjacency))
+        key = (weight.data_ptr(), weight._version, id(self.order))  # a new `order` per `prepare`
         if not self.training and not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         scale = 1.0 / (self.layers + 1) if self.layer_pool == "mean" else 1.0
