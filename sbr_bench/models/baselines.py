@@ -262,25 +262,18 @@ class SessionKNN(CandidateBaseline):
 def item_rows(scores: sp.spmatrix, n_items: int) -> sp.csr_matrix:
     """Float32 CSR [B, n_items] of items 1..n_items (column j = item j + 1) from [B, n_items + 1] rows
     whose column 0 is the padding id; the one float64 -> float32 cast of both evaluation paths."""
-    scores = scores.tocsr()
-    rows = np.repeat(np.arange(scores.shape[0], dtype=np.int64), np.diff(scores.indptr))
-    keep = scores.indices > 0
-    indptr = np.zeros(scores.shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows[keep], minlength=scores.shape[0]), out=indptr[1:])
-    return sp.csr_matrix((scores.data[keep].astype(np.float32), scores.indices[keep] - 1, indptr),
-                         shape=(scores.shape[0], n_items))
+    return sp.csr_matrix(scores)[:, 1 : n_items + 1].astype(np.float32)
 
 
 def dense_scores(scores: sp.spmatrix, batch, n_items: int, out: Tensor | None = None) -> Tensor:
     """[B, n_items] float32 scores of items 1..n_items from sparse [B, n_items + 1] rows (column 0 is the
     padding id), written into `out` when given (as toarray and a cast, without the dense float64 copy)."""
-    scores = item_rows(scores, n_items)
-    rows = np.repeat(np.arange(batch.num_graphs, dtype=np.int64), np.diff(scores.indptr))
+    scores = item_rows(scores, n_items).tocoo()
     if out is None or out.dtype != torch.float32:
         out = torch.zeros(batch.num_graphs, n_items, device=batch.x.device)
     else:
         out.zero_()
-    at = [torch.from_numpy(a).to(out.device) for a in (rows, scores.indices.astype(np.int64))]
+    at = [torch.from_numpy(a.astype(np.int64)).to(out.device) for a in (scores.row, scores.col)]
     out[at[0], at[1]] = torch.from_numpy(scores.data).to(out.device)
     return out
 
