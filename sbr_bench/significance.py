@@ -28,18 +28,20 @@ def per_example(metric: str, ranks_by_seed: list) -> np.ndarray:
     return np.mean([one_seed(metric, r["optimistic"], r["pessimistic"]) for r in ranks_by_seed], axis=0)
 
 
+def mean_and_std(values) -> tuple[float, float]:
+    """Mean and sample std (ddof=1; 0 for one value) of per-seed values."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
 def mean_std(per_seed: list[dict]) -> dict:
     """{metric: {"mean", "std", "n"}} over seeds (sample std, ddof=1; 0 for one seed)."""
     out = {}
     for key in sorted({k for m in per_seed for k in m}):
-        values = np.array([m[key] for m in per_seed if m.get(key) is not None], dtype=np.float64)
-        if len(values) == 0:
-            continue
-        out[key] = {
-            "mean": float(values.mean()),
-            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-            "n": int(len(values)),
-        }
+        values = [m[key] for m in per_seed if m.get(key) is not None]
+        if values:
+            mean, std = mean_and_std(values)
+            out[key] = {"mean": mean, "std": std, "n": len(values)}
     return out
 
 

@@ -12,6 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..evaluate import bucket_metrics
+from ..significance import mean_and_std
 from . import style
 from .names import dataset_name, model_name, parameter_name
 from .records import finished_models, latest_with, table2_order
@@ -33,12 +34,6 @@ def _provenance(recs) -> str:
 
 def _caption(text: str, recs, stem: str) -> str:
     return f"{text} From {_provenance(recs)}. {style.caption_files(stem)}"
-
-
-def _mean_std(values) -> tuple[float, float]:
-    """Mean and sample std over seeds (0 with one seed), as the tables report them."""
-    values = np.asarray(values, dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
 def _rotated_ticks(ax, labels):
@@ -64,7 +59,7 @@ def draw_density(panels, width):
     for ax, (title, series) in zip(axes, panels):
         for group, by_step in sorted(series.items()):
             steps = sorted(by_step)
-            stats = [_mean_std(by_step[s]) for s in steps]
+            stats = [mean_and_std(by_step[s]) for s in steps]
             ax.errorbar(steps, [m for m, _ in stats], yerr=[s for _, s in stats], label=group,
                         **style.series_style(groups.index(group)))
         ax.set(title=title, xlabel="training steps", ylabel="density ratio", ylim=(0, 1.05))
@@ -167,10 +162,11 @@ def length_rows(records) -> tuple[list[dict], list]:
             for edges, kind in (((5,), "short/long"), (FINE_EDGES, "fine")):
                 per_seed = [bucket_metrics(r["optimistic"], r["pessimistic"], r["length"], edges) for r in ranks]
                 for bucket in per_seed[0]:
+                    having = [p[bucket] for p in per_seed if bucket in p]  # seeds whose test has this bucket
                     for metric in METRICS:
-                        mean, std = _mean_std([p[bucket][metric] for p in per_seed if bucket in p])
+                        mean, std = mean_and_std([h[metric] for h in having])
                         rows.append(dict(dataset=ds, model=model, kind=kind, bucket=bucket, metric=metric,
-                                         mean=mean, std=std, seeds=len(per_seed),
+                                         mean=mean, std=std, seeds=len(having),
                                          examples=per_seed[0][bucket]["examples"]))
     return rows, used
 
@@ -356,7 +352,7 @@ def intent_rows(records) -> tuple[list[dict], list]:
                 vals = [f[key] for f in found if f.get(key) is not None]
                 unif = [f[f"{key}_uniform"] for f in found if f.get(f"{key}_uniform") is not None]
                 if vals and unif:
-                    mean, std = _mean_std(vals)
+                    mean, std = mean_and_std(vals)
                     rows.append(dict(dataset=ds, model=model, measure=key, attention=mean, attention_std=std,
                                      uniform=float(np.mean(unif)), lift=float(mean / np.mean(unif)),
                                      seeds=len(vals)))
