@@ -162,6 +162,7 @@ def test_a_bad_spec_is_one_clear_line(recorded, tmp_path, capsys, text, message)
     assert main(["report", "--runs-dir", str(runs), "--spec", str(spec), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not list((tmp_path / "r").glob("**/*.csv"))  # the spec is checked before anything is written
 
 
 def test_the_html_report_is_self_contained(recorded):

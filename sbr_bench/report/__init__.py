@@ -21,7 +21,7 @@ from . import figures, tables
 from .html import write_html
 from .names import dataset_name, model_name
 from .records import load_runs
-from .spec import ReportSpec
+from .spec import FIGURE_KINDS, ReportSpec
 from .tuning import tune_folders, tuning_sections
 
 TABLES = {  # kind -> (file stem, caption, tidy rows, shown table)
@@ -115,18 +115,16 @@ def _run_section(out: Path, rec) -> list[str]:
     return parts
 
 
-def _spec_sections(out: Path, spec: ReportSpec, by_id: dict) -> list[str]:
+def _spec_sections(out: Path, spec_parts: list) -> list[str]:
+    """The spec's tables and figures, `spec_parts` its (entry, records) pairs, checked already."""
     parts = ["## Tables and figures over several runs (report spec)\n\nEvery row names its run; no significance "
-             "marks (each run's test compares its own models only).\n"] if spec.tables or spec.figures else []
-    for i, part in enumerate(spec.tables):
-        recs = [by_id[r] for r in part.runs]
-        _check_one_mode(part, recs)
+             "marks (each run's test compares its own models only).\n"] if spec_parts else []
+    tables_ = [(part, recs) for part, recs in spec_parts if part.kind not in FIGURE_KINDS]
+    figures_ = [(part, recs) for part, recs in spec_parts if part.kind in FIGURE_KINDS]
+    for i, (part, recs) in enumerate(tables_):
         rel = f"spec/{part.label or f'{part.kind}-{i + 1}'}"
         parts.append(_table(out, part.kind, recs, rel, part.caption, heading="###"))
-    for i, part in enumerate(spec.figures):
-        recs = [by_id[r] for r in part.runs]
-        _check_one_mode(part, recs)
-        _check_one_run_per_model(part, recs)
+    for i, (part, recs) in enumerate(figures_):
         folder = f"spec/{part.label or f'{part.kind}-{i + 1}'}"
         (out / folder).mkdir(parents=True, exist_ok=True)
         make = figures.figure7_lengths if part.kind == "figure7" else figures.figure_timing
@@ -177,9 +175,13 @@ def build_report(runs_dir="runs", out_dir="reports/latest", runs=None, spec=None
     if wanted:  # tune folders are named like runs but reported by their own section
         tune_ids = {p.name for p in tune_folders(runs_dir)}
         records = select(records, [w for w in wanted if w not in tune_ids])
-    if spec is not None:
-        for part in spec.tables + spec.figures:
-            select(records, part.runs, f"report spec: {part.kind} ({part.label or 'no label'})")
+    spec_parts = []  # checked before anything is written
+    for part in (spec.tables + spec.figures) if spec is not None else ():
+        recs = select(records, part.runs, f"report spec: {part.kind} ({part.label or 'no label'})")
+        _check_one_mode(part, recs)
+        if part.kind in FIGURE_KINDS:
+            _check_one_run_per_model(part, recs)
+        spec_parts.append((part, recs))
     plain = [r for r in records if r.kind == "run" and not r.sweep]
     parts = [f"# sbr-bench report\n\nBuilt from {len(records)} recorded run(s) under `{runs_dir}` (no retraining). "
              "Metrics are ×100 on the test split, mean ± std over seeds; ties are broken uniformly at random in "
@@ -199,8 +201,7 @@ def build_report(runs_dir="runs", out_dir="reports/latest", runs=None, spec=None
                      f"Runs: {', '.join(f'`{r.run_id}`' for r in recs)}.\n")
         for rec in recs:
             parts += _run_section(out, rec)
-    if spec is not None:
-        parts += _spec_sections(out, spec, {r.run_id: r for r in records})
+    parts += _spec_sections(out, spec_parts)
 
     parts += tuning_sections(runs_dir, out, only=wanted)
     missing = tables.expected_missing(records)
