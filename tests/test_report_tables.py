@@ -140,7 +140,7 @@ def test_latex_tables_are_includable(records):
     assert "\\underline{\\textbf{" in tex and "$^{**}$" in tex and "$\\pm$" in tex
 
     t1 = tables.table1(records)
-    check_latex(tables.to_latex(tables.table1_wide(t1, latex=True), "Table 1: dataset statistics", "table1"),
+    check_latex(tables.to_latex(tables.table1_wide(t1), "Table 1: dataset statistics", "table1"),
                 "dataset statistics", "table1", "lr")
     plain = pd.DataFrame({"model": ["srgnn_x #1"], "note": ["{σ} ± – × $"], "gain": ["+1.5%"]})
     tex = tables.to_latex(plain, "Table 3: a_b", "t3")
@@ -162,7 +162,7 @@ def test_latex_compiles(records, tmp_path):
         pytest.skip("no TeX engine (pdflatex or tectonic) on PATH; the structural checks above still ran")
     t2 = tables.table2(records, "refit")
     body = "\n".join([tables.to_latex(tables.wide(t2, latex=True), "Table 2: " + tables.marks_note(t2), "t2"),
-                      tables.to_latex(tables.table1_wide(tables.table1(records), latex=True), "Table 1: stats", "t1"),
+                      tables.to_latex(tables.table1_wide(tables.table1(records)), "Table 1: stats", "t1"),
                       tables.empty_latex("Table 4: ablations", "t4")])
     doc = tmp_path / "doc.tex"
     doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + body + "\\end{document}\n")

@@ -24,13 +24,14 @@ from .records import load_runs
 from .spec import FIGURE_KINDS, ReportSpec
 from .tuning import tune_folders, tuning_sections
 
-TABLES = {  # kind -> (file stem, caption, tidy rows, shown table)
+TABLES = {  # kind -> (file stem, caption, tidy rows, shown table, its LaTeX cells where they are not plain text)
     "table2": ("table2_overall", "Table 2: HR@20, MRR@20 (mean ± std over seeds) and seconds per training epoch "
                "(median ± interquartile range over epochs)",
-               tables.table2, tables.wide),
+               tables.table2, tables.wide, lambda tidy: tables.wide(tidy, latex=True)),
     "table3": ("table3_with_attenmixer", "Table 3: encoders with their own readout vs with Atten-Mixer, at equal d",
-               tables.table3, tables.table3_wide),
-    "table4": ("table4_ablations", "Table 4: Atten-Mixer ablations", tables.table4, tables.wide),
+               tables.table3, tables.table3_wide, None),
+    "table4": ("table4_ablations", "Table 4: Atten-Mixer ablations", tables.table4, tables.wide,
+               lambda tidy: tables.wide(tidy, latex=True)),
 }
 PER_RUN_FIGURES = (("Figure 7", figures.figure7_lengths), ("Timing", figures.figure_timing),
                    ("Intent recovery", figures.figure_intent_recovery))
@@ -55,10 +56,12 @@ def select(records, wanted, where: str = "--runs") -> list:
     return [by_id[w] for w in dict.fromkeys(wanted)]
 
 
-def _write_table(out: Path, rel: str, tidy: pd.DataFrame, shown: pd.DataFrame, shown_tex: pd.DataFrame,
-                 caption: str, note: str = "", heading: str = "##") -> str:
-    """`<rel>.csv` (exact numbers) and `<rel>.tex` (the note ends its caption), and the Markdown section."""
+def _write_table(out: Path, rel: str, tidy: pd.DataFrame, shown: pd.DataFrame, caption: str, note: str = "",
+                 heading: str = "##", shown_tex: pd.DataFrame | None = None) -> str:
+    """`<rel>.csv` (exact numbers) and `<rel>.tex` (the note ends its caption; `shown_tex` where the LaTeX
+    cells differ from `shown`), and the Markdown section."""
     label = rel.replace("/", "-")
+    shown_tex = shown if shown_tex is None else shown_tex
     write_text(out / f"{rel}.csv", tidy.to_csv(index=False))
     write_text(out / f"{rel}.tex", tables.to_latex(shown_tex, f"{caption}. {note}" if note else caption, label))
     return (f"{heading} {caption}\n\n{tables.to_markdown(shown)}\n\n{note + ' ' if note else ''}"
@@ -67,7 +70,7 @@ def _write_table(out: Path, rel: str, tidy: pd.DataFrame, shown: pd.DataFrame, s
 
 def _table(out: Path, kind: str, recs, rel: str, caption: str = "", heading: str = "###",
            skip_empty: bool = False) -> str | None:
-    stem, default_caption, tidy_of, shown_of = TABLES[kind]
+    stem, default_caption, tidy_of, shown_of, tex_of = TABLES[kind]
     tidy = tidy_of(recs, selection_of(recs[0].config))
     if tidy.empty and skip_empty:
         return None
@@ -75,7 +78,8 @@ def _table(out: Path, kind: str, recs, rel: str, caption: str = "", heading: str
     if kind == "table3" and not tidy.empty:
         caption += f" ({tables.table3_dims(tidy)})"
     note = tables.marks_note(tidy) if kind != "table3" else ""
-    return _write_table(out, rel or stem, tidy, shown_of(tidy), shown_of(tidy, latex=True), caption, note, heading)
+    return _write_table(out, rel or stem, tidy, shown_of(tidy), caption, note, heading,
+                        tex_of(tidy) if tex_of else None)
 
 
 def _figure(out: Path, label: str, result, rel_dir: str = "", heading: str = "###") -> str | None:
@@ -191,8 +195,7 @@ def build_report(runs_dir="runs", out_dir="reports/latest", runs=None, spec=None
     parts += published_sections(runs_dir) if not wanted else []  # a selection names runs, not reproductions
 
     t1 = tables.table1(records)
-    parts.append(_write_table(out, "table1_datasets", t1, tables.table1_wide(t1), tables.table1_wide(t1, latex=True),
-                              "Table 1: dataset statistics"))
+    parts.append(_write_table(out, "table1_datasets", t1, tables.table1_wide(t1), "Table 1: dataset statistics"))
     groups: dict = {}
     for rec in plain:
         groups.setdefault((rec.dataset, selection_of(rec.config), settings_key(rec)), []).append(rec)

@@ -65,7 +65,7 @@ def _statistic(value, key: str) -> str:
     return f"{value:.2f}" if key == "avg_length" else f"{int(value):,}"
 
 
-def table1_wide(df: pd.DataFrame, latex=False) -> pd.DataFrame:
+def table1_wide(df: pd.DataFrame) -> pd.DataFrame:
     """Table 1 as the paper prints it: a row per statistic, a column per dataset (per dataset and run where
     its runs disagree on the statistics)."""
     if df.empty:
@@ -75,8 +75,7 @@ def table1_wide(df: pd.DataFrame, latex=False) -> pd.DataFrame:
     for row in df.to_dict("records"):
         head = dataset_name(row["dataset"]) + (f" ({row['run']})" if repeated[row["dataset"]] > 1 else "")
         out[head] = [_statistic(row.get(key), key) for key, _ in STATISTICS]
-    shown = pd.DataFrame(out)
-    return _latex_frame(shown.map(tex_text)) if latex else shown
+    return pd.DataFrame(out)  # plain text: to_latex escapes it
 
 
 def _finished_runs(records, dataset: str, model: str) -> list:
@@ -271,8 +270,8 @@ def wide(df: pd.DataFrame, row_key="model", latex=False) -> pd.DataFrame:
     return _latex_frame(shown) if latex else shown
 
 
-def table3_wide(df: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
-    """One formatted row per (dataset, encoder, metric); the same for LaTeX (its cells are plain text)."""
+def table3_wide(df: pd.DataFrame) -> pd.DataFrame:
+    """One formatted row per (dataset, encoder, metric), plain text (to_latex escapes it)."""
     if df.empty:
         return df
     f = df.assign(dataset=df["dataset"].map(dataset_name), encoder=df["encoder"].map(model_name),
