@@ -79,20 +79,25 @@ def load_runs(runs_dir) -> tuple[list[RunRecord], list[str]]:
     return records, problems
 
 
-def latest_with(records, dataset: str, model: str, kind="run", sweep=False) -> RunRecord | None:
-    """The newest run of `kind` on `dataset` in which `model` finished (ok or partial)."""
-    for rec in reversed(records):
-        if rec.kind != kind or rec.dataset != dataset or bool(rec.sweep) != sweep:
-            continue
-        entry = rec.results["models"].get(model)
-        if entry and entry["status"] != "failed":
-            return rec
-    return None
+def _plain(records, dataset: str) -> list:
+    """The runs on `dataset` that are neither sweep points nor dissect/tune records, oldest first."""
+    return [r for r in records if r.kind == "run" and not r.sweep and r.dataset == dataset]
+
+
+def runs_with(records, dataset: str, model: str) -> list:
+    """Every plain run on `dataset` in which `model` finished (ok or partial), oldest first."""
+    return [r for r in _plain(records, dataset) if model in r.ok_models()]
+
+
+def latest_with(records, dataset: str, model: str) -> RunRecord | None:
+    """The newest of `runs_with`."""
+    found = runs_with(records, dataset, model)
+    return found[-1] if found else None
 
 
 def finished_models(records, dataset: str) -> set[str]:
-    """The models that finished (ok or partial) in some plain run (not a sweep point) on `dataset`."""
-    return {m for r in records if r.dataset == dataset and r.kind == "run" and not r.sweep for m in r.ok_models()}
+    """The models that finished (ok or partial) in some plain run on `dataset`."""
+    return {m for r in _plain(records, dataset) for m in r.ok_models()}
 
 
 def table2_order(names) -> list[str]:

@@ -12,7 +12,7 @@ import pandas as pd
 from ..models.registry import TABLE2_ORDER, TABLE3, is_ablation
 from ..runs import HEADLINE, format_cell, headline_header
 from .names import dataset_name, model_name
-from .records import finished_models, latest_with, table2_order
+from .records import finished_models, latest_with, runs_with, table2_order
 
 TABLE3_ENCODERS = ("srgnn", "sgnnhn", "gcsan", "dhcn")  # LESSR's wide states do not compose
 ABLATIONS = ("attenmixer", "attenmixer-M", "attenmixer-IP", "attenmixer-LI", "attenmixer-LP")
@@ -78,12 +78,6 @@ def table1_wide(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)  # plain text: to_latex escapes it
 
 
-def _finished_runs(records, dataset: str, model: str) -> list:
-    """Every recorded run (not a sweep point) on `dataset` in which `model` finished, oldest first."""
-    return [r for r in records if r.kind == "run" and not r.sweep and r.dataset == dataset
-            and r.results["models"].get(model, {}).get("status", "failed") != "failed"]
-
-
 def _metric_rows(pairs, dataset, extra=None, mode="valid"):
     """Rows per (model, run) and metric; under `literature` the metric names say best-on-test."""
     rows = []
@@ -111,7 +105,7 @@ def _metric_rows(pairs, dataset, extra=None, mode="valid"):
 
 
 def _every_run(records, dataset, models) -> list:
-    return [(m, rec) for m in models for rec in _finished_runs(records, dataset, m)]
+    return [(m, rec) for m in models for rec in runs_with(records, dataset, m)]
 
 
 def table2(records, mode="valid") -> pd.DataFrame:
