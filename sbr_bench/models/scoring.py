@@ -17,7 +17,7 @@ the centred table). The backward is written out so that the table sees one matmu
     grad_s = (G·c) @ (f(v) ⊙ m),   grad_f = ((G·c)ᵀ @ s) ⊙ m + k_j · f(v_j),   k_j = -Σ_b G·scores / ‖f(v_j)‖²
 (the second term is the gradient through the norm; zero where the norm is clamped at eps, as
 F.normalize), then grad_v = grad_f minus its row mean with centring. The mask is a float tensor that
-multiplies (a boolean `masked_fill` over the table is four times slower on the CPU), drawn by
+multiplies (a boolean `masked_fill` over the table is a much slower kernel on the CPU), drawn by
 `keep_mask`.
 
 `precision` (every neural model's config key) sets the arithmetic of these products: fp32; tf32, TF32
@@ -71,7 +71,7 @@ def keep_mask(shape, p: float, device=None, chunk: int = 1 << 18) -> Tensor:
     """Float32 dropout mask, 1 = kept, each entry independently dropped with probability p rounded to a
     multiple of 2^-16 (|error| <= 7.6e-6). On the CPU, random number generation is the cost (more than
     the forward scoring product for Atten-Mixer's 43k x 256 table), so each 64-bit draw of numpy's PCG64
-    (twice as fast as torch's CPU generator) is cut into four 16-bit uniforms; the PCG64 seed is drawn
+    (faster per bit than torch's CPU generator) is cut into four 16-bit uniforms; the PCG64 seed is drawn
     from torch's default generator, so `torch.manual_seed` and checkpoints of torch's RNG state fix the
     mask. Draws go `chunk` words at a time, so they stay in cache. Elsewhere `bernoulli_`."""
     device = torch.device("cpu") if device is None else torch.device(device)
