@@ -3,7 +3,7 @@
 Usage: python benchmarks/model_step.py [--dataset diginetica] [--data-dir datasets] [--models all]
                                        [--batch-size 100] [--batches 8] [--rounds 3] [--optimizer]
                                        [--set attenmixer:dim=100 --set attenmixer:heads=4]
-                                       [--keep-freed-memory] [--clock cpu|wall]
+                                       [--keep-freed-memory] [--clock cpu|wall] [--breakdown]
 The unavoidable cost of a step is scoring every session against every item: s @ E.T for s [B, d] and
 E [|V|, d], forward and backward (the gradients of s and E). For each model this prints the median
 milliseconds per step of its forward and backward on the same batches (collated up front, so graph
@@ -16,6 +16,18 @@ parameter, the item table included) as its own column, and `--fused-optimizer` t
 torch's fused kernel. `--keep-freed-memory` tells glibc's malloc to keep freed memory instead of returning
 every block over 32 MB to the system (a [|V|, d] tensor at d = 256 on Diginetica is 44 MB, and each
 fresh one then costs page faults on every step).
+
+`--breakdown` splits each step by the clock, timed in the same rounds: `head` is the model's scorer and
+full-softmax cross-entropy alone, forward and backward, on the model's own session vectors and candidate
+table of the same batch (detached copies); `softmax` is that cross-entropy alone on random [B, N] scores;
+`bound*` the three products as the suite computes them (item-major scores, scoring.py). From them:
+scorer passes = head - bound* - softmax (norms, table dropout, the gradient's assembly), encoder =
+step - head (embedding lookups, encoder, readout, their backward), and floor = (bound* + softmax) / bound,
+the least step / bound of a full-softmax model with these kernels, however cheap its encoder.
+`flops` is the step's matmul FLOPs (torch.utils.flop_counter: products, linear layers, convolutions,
+attention; forward and backward) over the bound's 6·B·N·d, and `least` = (bound* · flops + softmax) /
+bound the step / bound if every one of those FLOPs ran at the rate of the scoring products (small
+matmuls run slower) and nothing but the softmax cost anything else.
 """
 
 import argparse
@@ -24,10 +36,13 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from sbr_bench.data.dataset import load_dataset
 from sbr_bench.data.graphs import ExampleLoader
+from sbr_bench.models.base import SBRModel
 from sbr_bench.models.registry import build_model, resolve_names, spec_for, ModelSpec
+from sbr_bench.models.scoring import cross_entropy, table_scores
 from sbr_bench.training import make_optimizer
 
 
@@ -55,6 +70,42 @@ def model_step(model, batch, optimizer=None) -> tuple[float, float, float]:
     if optimizer is not None:
         optimizer.step()
     return t1 - t0, t2 - t1, clock() - t2
+
+
+def head_inputs(model, batches) -> tuple[list, torch.Tensor, torch.Tensor, list]:
+    """Detached copies of the model's session vectors for each batch and of its candidate table (a tail
+    slice of a copy of the embedding table when the model scores against it, as in training), the copied
+    table itself (a leaf), and the targets."""
+    with torch.no_grad():
+        reprs = [model.session_repr(b) for b in batches]
+    enc = reprs[0][2]
+    table = (model.embedding.weight if enc.items is None else enc.items).detach().clone().requires_grad_()
+    items = table[1:] if enc.items is None else table
+    return [s.detach().clone().requires_grad_() for s, _, _ in reprs], items, table, [b.y - 1 for b in batches]
+
+
+def head_step(model, s: torch.Tensor, items: torch.Tensor, table: torch.Tensor, target: torch.Tensor) -> float:
+    t0 = clock()
+    cross_entropy(model.scorer(s, items), target).backward()
+    t = clock() - t0
+    s.grad = table.grad = None
+    return t
+
+
+def softmax_step(scores: torch.Tensor, target: torch.Tensor) -> float:
+    t0 = clock()
+    cross_entropy(scores, target).backward()
+    t = clock() - t0
+    scores.grad = None
+    return t
+
+
+def suite_products(s: torch.Tensor, table: torch.Tensor, grad: torch.Tensor) -> float:
+    t0 = clock()
+    table_scores(s, table[1:]).backward(grad)
+    t = clock() - t0
+    s.grad = table.grad = None
+    return t
 
 
 def overrides(pairs: list[str], name: str) -> dict:
@@ -88,6 +139,7 @@ def main():
     ap.add_argument("--keep-freed-memory", action="store_true", help="glibc mallopt, see the module doc")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--breakdown", action="store_true", help="split the step: head, softmax, encoder (module doc)")
     args = ap.parse_args()
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -119,15 +171,29 @@ def main():
             optimizer = type(optimizer)(model.parameters(), **{**kwargs, "fused": True})
         model_step(model, batches[0], optimizer)  # warm-up (allocations, lazy init)
         matmul_step(*bound)
-        setups[name] = (model, batches, bound, optimizer, {"fwd": [], "bwd": [], "opt": [], "mm_f": [], "mm_b": []})
+        parts = None
+        if args.breakdown and type(model).loss is SBRModel.loss:  # the scorer + cross-entropy head
+            item_major = torch.randn(ds.n_items, B).t()
+            products = (torch.randn(B, d, requires_grad=True), torch.randn(ds.n_items + 1, d, requires_grad=True),
+                        item_major)
+            with FlopCounterMode(display=False) as flops:
+                model_step(model, batches[0])
+            parts = (head_inputs(model, batches), item_major.clone().requires_grad_(), products,
+                     flops.get_total_flops() / (6 * B * ds.n_items * d))
+        setups[name] = (model, batches, bound, optimizer, parts, {k: [] for k in ("fwd", "bwd", "opt", "mm_f", "mm_b", "head", "softmax", "bound*")})
 
     for _ in range(args.rounds):
-        for name, (model, batches, bound, optimizer, t) in setups.items():
-            for batch in batches:
+        for name, (model, batches, bound, optimizer, parts, t) in setups.items():
+            for i, batch in enumerate(batches):
                 f, b, o = model_step(model, batch, optimizer)
                 mf, mb = matmul_step(*bound)
                 for key, value in zip(("fwd", "bwd", "opt", "mm_f", "mm_b"), (f, b, o, mf, mb)):
                     t[key].append(value * 1e3)
+                if parts is not None:
+                    (hs, items, table, targets), scores, products, _ = parts
+                    t["head"].append(head_step(model, hs[i], items, table, targets[i]) * 1e3)
+                    t["softmax"].append(softmax_step(scores, targets[i]) * 1e3)
+                    t["bound*"].append(suite_products(*products) * 1e3)
 
     print(f"dataset {args.dataset}: {ds.n_items:,} items; {args.batches} batches x {args.rounds} rounds, "
           f"{torch.get_num_threads()} thread(s), {args.clock} clock"
@@ -136,8 +202,8 @@ def main():
     show_optim = args.optimizer or args.fused_optimizer
     head += f"{'optim':>8}" if show_optim else ""
     print(head + f"{'step':>9}{'bound':>8}{'ratio':>7}")
-    for name, (model, batches, bound, optimizer, t) in setups.items():
-        med = {k: statistics.median(v) for k, v in t.items()}
+    for name, (model, batches, bound, optimizer, parts, t) in setups.items():
+        med = {k: statistics.median(v) for k, v in t.items() if v}
         step = med["fwd"] + med["bwd"]
         mm = med["mm_f"] + med["mm_b"]
         B, d = bound[0].shape
@@ -146,6 +212,22 @@ def main():
         print(row + f"{step:>9.1f}{mm:>8.1f}{step / mm:>7.2f}")
     print("step = forward + backward (the optimizer step is not included); bound = s @ E.T forward + backward "
           "for the model's B and d; ratio = step / bound")
+    if args.breakdown:
+        print(f"\n{'model':<16}{'bound':>8}{'bound*':>8}{'softmax':>9}{'head':>8}{'scorer':>8}{'step':>8}"
+              f"{'encoder':>9}{'floor':>7}{'flops':>7}{'least':>7}{'ratio':>7}")
+        for name, (model, batches, bound, optimizer, parts, t) in setups.items():
+            if parts is None:
+                print(f"{name:<16}  (its own loss: no breakdown)")
+                continue
+            med = {k: statistics.median(v) for k, v in t.items() if v}
+            step, mm = med["fwd"] + med["bwd"], med["mm_f"] + med["mm_b"]
+            scorer = med["head"] - med["bound*"] - med["softmax"]
+            print(f"{name:<16}{mm:>8.1f}{med['bound*']:>8.1f}{med['softmax']:>9.1f}{med['head']:>8.1f}{scorer:>8.1f}"
+                  f"{step:>8.1f}{step - med['head']:>9.1f}{(med['bound*'] + med['softmax']) / mm:>7.2f}"
+                  f"{parts[3]:>7.2f}{(med['bound*'] * parts[3] + med['softmax']) / mm:>7.2f}{step / mm:>7.2f}")
+        print("bound* = the products as the suite computes them; head = scorer + cross-entropy alone; scorer = "
+              "head - bound* - softmax; encoder = step - head; floor = (bound* + softmax) / bound; flops = the "
+              "step's matmul FLOPs / the bound's; least = (bound* * flops + softmax) / bound")
 
 
 if __name__ == "__main__":

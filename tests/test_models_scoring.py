@@ -151,11 +151,13 @@ def test_only_tail_slices_of_contiguous_tables_count():
         assert got is items and first == 0
 
 
-def test_cross_entropy_matches_torch_and_refuses_a_second_backward():
+@pytest.mark.parametrize("item_major", [False, True])
+def test_cross_entropy_matches_torch_and_refuses_a_second_backward(item_major):
     from sbr_bench.models.scoring import cross_entropy
 
     g = torch.Generator().manual_seed(6)
-    scores = (torch.randn(7, 50, generator=g, dtype=torch.float64) * 8).requires_grad_()
+    scores = torch.randn(50, 7, generator=g, dtype=torch.float64).t() if item_major else torch.randn(7, 50, generator=g, dtype=torch.float64)
+    scores = (scores * 8).requires_grad_()
     target = torch.tensor([0, 49, 3, 3, 17, 0, 25])
     got = cross_entropy(scores, target)
     want = F.cross_entropy(scores, target)
@@ -168,6 +170,18 @@ def test_cross_entropy_matches_torch_and_refuses_a_second_backward():
         torch.autograd.grad(got, scores)
     with torch.no_grad():
         torch.testing.assert_close(cross_entropy(scores, target), want.detach())
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 50, 333])
+def test_row_max_of_item_major_scores_is_amax(n):
+    from sbr_bench.models.scoring import _row_max
+
+    g = torch.Generator().manual_seed(n)
+    s, items = torch.randn(9, 8, generator=g, requires_grad=True), torch.randn(n, 8, generator=g)
+    scores = table_scores(s, items)  # in training: item-major, the layout whose row max is done in blocks
+    assert scores.shape == (9, n) and scores.t().is_contiguous()
+    for x in (scores.detach(), scores.detach().contiguous()):
+        assert torch.equal(_row_max(x), x.amax(dim=1, keepdim=True))
 
 
 @pytest.mark.parametrize("scorer", [DotScorer(), CosineScorer(12.0), ItemNormScorer(12.0), LayerNormScorer(12.0)])

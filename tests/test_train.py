@@ -235,3 +235,24 @@ def test_sparse_lookups_only_for_plain_embeddings_in_training(tiny):
     assert seen == ["_SparseLookups", "Embedding", "Embedding", "Embedding"]
     wrapper = _SparseLookups(model.embedding)
     assert copy.deepcopy(wrapper).embedding_dim == 16 and pickle.loads(pickle.dumps(wrapper)).embedding_dim == 16
+
+
+def test_the_two_uses_of_the_table_sum_their_gradients():
+    """_TwoUses: the scoring products' dense gradient and the lookups' sparse one are summed (in place
+    only into a gradient it may reuse); either alone passes through."""
+    from sbr_bench.models.base import _TwoUses
+
+    weight = torch.randn(6, 3, requires_grad=True)
+    rows = torch.sparse_coo_tensor(torch.tensor([[1, 4, 1]]), torch.ones(3, 3), (6, 3), check_invariants=True)
+    dense = torch.randn(6, 3)
+    for upstream in (dense.clone(), dense.t().contiguous().t()):  # a fresh gradient, and a strided one
+        scored, looked_up = _TwoUses.apply(weight)
+        kept = upstream.clone()
+        (got,) = torch.autograd.grad((scored, looked_up), weight, (upstream, rows))
+        torch.testing.assert_close(got, dense + rows.to_dense())
+        if not upstream.is_contiguous():
+            assert torch.equal(upstream, kept)  # not written into
+    scored, looked_up = _TwoUses.apply(weight)
+    assert torch.autograd.grad(looked_up, weight, rows)[0].is_sparse
+    scored, looked_up = _TwoUses.apply(weight)
+    assert torch.equal(torch.autograd.grad(scored, weight, dense)[0], dense)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch import Tensor, nn
 
 from .scoring import cross_entropy, normalised_scores, table_scores
@@ -114,21 +115,43 @@ class EmbeddingEncoder(Encoder):
 
 class _SparseLookups:
     """The item embedding as an encoder sees it in training: lookups with a sparse gradient (the rows
-    looked up), which autograd adds into the scoring products' dense table gradient, instead of a zero
-    [N + 1, d] table, an index_add into it and a sum of two full tables every step. `.weight` and the
-    rest are the embedding's own."""
+    looked up) into `table` (the embedding's weight, or the alias of it that `_TwoUses` gives), instead
+    of a zero [N + 1, d] table and an index_add into it every step. `.weight` and the rest are the
+    embedding's own."""
 
-    def __init__(self, embedding: nn.Embedding):
+    def __init__(self, embedding: nn.Embedding, table: Tensor | None = None):
         self.embedding = embedding
+        self.table = embedding.weight if table is None else table
 
     def __call__(self, index: Tensor) -> Tensor:
         e = self.embedding
-        return F.embedding(index, e.weight, e.padding_idx, e.max_norm, e.norm_type, sparse=True)
+        return F.embedding(index, self.table, e.padding_idx, e.max_norm, e.norm_type, sparse=True)
 
     def __getattr__(self, name):
-        if name.startswith("__") or name == "embedding":  # copy/pickle probe before __init__ ran
+        if name.startswith("__") or name in ("embedding", "table"):  # copy/pickle probe before __init__ ran
             raise AttributeError(name)
         return getattr(self.embedding, name)
+
+
+class _TwoUses(torch.autograd.Function):
+    """The embedding table twice, for the scoring products and for the encoder's sparse lookups. Both
+    gradients meet here, and the looked-up rows are added into the products' dense table gradient in
+    place; arriving at the table separately, a dense and then a sparse gradient, autograd would sum them
+    into a fresh copy of the whole table."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor):
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a zero table
+        return weight.detach(), weight.detach()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dense: Tensor | None, rows: Tensor | None):
+        if dense is None or rows is None:
+            return rows if dense is None else dense
+        if dense.is_sparse or dense._base is not None or not dense.is_contiguous():  # not one we may reuse
+            return dense + rows
+        return dense.add_(rows)
 
 
 class _TransformedEmbedding:
@@ -257,16 +280,23 @@ class SBRModel(nn.Module):
                 module.prepare(train)
 
     def encode(self, batch) -> Encoded:
+        return self._encode(batch)[0]
+
+    def _encode(self, batch) -> tuple[Encoded, Tensor]:
+        """The encoder output and the embedding table to score against (an alias in training, _TwoUses)."""
         e = self.embedding
         sparse = (self.sparse_lookups and torch.is_grad_enabled() and e.weight.requires_grad
                   and type(e) is nn.Embedding and not e.scale_grad_by_freq)  # else the module's own lookups
-        return self.encoder(batch, _SparseLookups(e) if sparse else e)
+        if not sparse:
+            return self.encoder(batch, e), e.weight
+        scored, looked_up = _TwoUses.apply(e.weight)
+        return self.encoder(batch, _SparseLookups(e, looked_up)), scored
 
     def session_repr(self, batch) -> tuple[Tensor, Tensor, Encoded]:
         """Session vectors [B, d], the candidate table [N, d] and the encoder output."""
-        enc = self.encode(batch)
+        enc, table = self._encode(batch)
         s = self.readout(enc, batch)
-        items = enc.items if enc.items is not None else self.embedding.weight[1:]
+        items = enc.items if enc.items is not None else table[1:]
         return s, items, enc
 
     def forward(self, batch) -> Tensor:
