@@ -191,9 +191,10 @@ def main():
                         item_major)
             with FlopCounterMode(display=False) as flops:
                 model_step(model, batches[0])
-            parts = (head_inputs(model, batches), item_major.clone().requires_grad_(), products,
-                     flops.get_total_flops() / (6 * B * ds.n_items * d))
-        setups[name] = (model, batches, bound, optimizer, parts, {k: [] for k in ("fwd", "bwd", "opt", "mm_f", "mm_b", "head", "softmax", "bound*")})
+            parts = {"head": head_inputs(model, batches), "scores": item_major.clone().requires_grad_(),
+                     "products": products, "flops": flops.get_total_flops() / (6 * B * ds.n_items * d)}
+        times = {k: [] for k in ("fwd", "bwd", "opt", "mm_f", "mm_b", "head", "softmax", "bound*")}
+        setups[name] = (model, batches, bound, optimizer, parts, times)
 
     peaks = []
     for _ in range(args.rounds):
@@ -205,10 +206,10 @@ def main():
                 for key, value in zip(("fwd", "bwd", "opt", "mm_f", "mm_b"), (f, b, o, mf, mb)):
                     t[key].append(value * 1e3)
                 if parts is not None:
-                    (hs, items, table, targets), scores, products, _ = parts
+                    hs, items, table, targets = parts["head"]
                     t["head"].append(head_step(model, hs[i], items, table, targets[i]) * 1e3)
-                    t["softmax"].append(softmax_step(scores, targets[i]) * 1e3)
-                    t["bound*"].append(suite_products(*products) * 1e3)
+                    t["softmax"].append(softmax_step(parts["scores"], targets[i]) * 1e3)
+                    t["bound*"].append(suite_products(*parts["products"]) * 1e3)
 
     print(f"dataset {args.dataset}: {ds.n_items:,} items; {args.batches} batches x {args.rounds} rounds, "
           f"{torch.get_num_threads()} thread(s), {args.clock} clock"
@@ -240,10 +241,10 @@ def main():
             step, mm = med["fwd"] + med["bwd"], med["mm_f"] + med["mm_b"]
             scorer = med["head"] - med["bound*"] - med["softmax"]
             B, d = bound[0].shape
-            own = (parts[3] - 1) * 6 * B * ds.n_items * d / peak * 1e3  # ms for the model's own matmuls at peak
+            own = (parts["flops"] - 1) * 6 * B * ds.n_items * d / peak * 1e3  # ms: the model's own matmuls at peak
             print(f"{name:<16}{mm:>8.1f}{med['bound*']:>8.1f}{med['softmax']:>9.1f}{med['head']:>8.1f}{scorer:>8.1f}"
                   f"{step:>8.1f}{step - med['head']:>9.1f}{(med['bound*'] + med['softmax']) / mm:>7.2f}"
-                  f"{parts[3]:>7.2f}{(med['bound*'] + med['softmax'] + own) / mm:>7.2f}{step / mm:>7.2f}")
+                  f"{parts['flops']:>7.2f}{(med['bound*'] + med['softmax'] + own) / mm:>7.2f}{step / mm:>7.2f}")
         print("bound* = the products as the suite computes them; head = scorer + cross-entropy alone; scorer = "
               "head - bound* - softmax; encoder = step - head; floor = (bound* + softmax) / bound; flops = the "
               "step's matmul FLOPs / the bound's; least = (bound* + softmax + the other FLOPs at peak) / bound")

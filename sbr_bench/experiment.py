@@ -264,8 +264,10 @@ class Experiment:
         """
         if engine not in ("local", "ray"):
             raise ConfigError("engine", "expected local or ray", engine)
+        ray_gpus = engine_options.get("gpus_per_task", 0) if engine == "ray" else None
         return _in_session(self.device, lambda device, quiet: _execute(
-            lambda held: _start(self, device, command, held), progress and not quiet, engine, engine_options))
+            lambda held: _start(self, device, command, held, ray_gpus), progress and not quiet, engine,
+            engine_options))
 
 
 def resume(run, runs_dir="runs", device: str | None = None, checkpoint_every: int | None = None,
@@ -336,17 +338,17 @@ def _execute(prepare, progress: bool, engine: str, engine_options: dict) -> "Res
             locked.unlock()
 
 
-def _start(experiment: Experiment, device, command, held: list):
-    """A new run of `experiment`: its dataset, config and run folder (locked)."""
+def _start(experiment: Experiment, device, command, held: list, ray_gpus: float | None = None):
+    """A new run of `experiment`: its dataset, config and run folder (locked). `ray_gpus`: the GPUs of each
+    Ray task, None when the units train here."""
     from . import distributed
     from .runs import new_run_id
-    from .training import check_precision, resolve_device, seed_everything
+    from .training import check_precisions, resolve_device, seed_everything
 
     dataset = _load_in_turn(experiment.dataset.spec())
     config = experiment.plan(dataset, command)
     device = device if device is not None else resolve_device(config["device"])
-    for cfg in config["cfg"].values():
-        check_precision(cfg, device)
+    check_precisions(config["cfg"].values(), device, ray_gpus)
     config["distributed"] = distributed.describe()
     if config["deterministic"]:  # so that env.json records the flags in force
         seed_everything(0, deterministic=True)

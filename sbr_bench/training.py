@@ -190,6 +190,16 @@ def check_precision(cfg: dict, device) -> None:
                           "or bf16", "tf32")
 
 
+def check_precisions(cfgs, device, ray_gpus: float | None = None) -> None:
+    """check_precision for every cfg where its units will train: on `device` here (`ray_gpus` None) or on
+    Ray's CPU-only workers (`ray_gpus` 0). Ray workers with GPUs may find devices this process lacks; they
+    check their own when they train."""
+    if ray_gpus:
+        return
+    for cfg in cfgs:
+        check_precision(cfg, device if ray_gpus is None else "cpu")
+
+
 def train_model(model, dataset, cfg: dict, run: Run, device="cpu", seed: int = 0, progress: bool = True,
                 checkpoint_every: int = 0, deterministic: bool = False, max_epochs: int | None = None,
                 evaluate_test: bool = True, selection: str = "valid", rebuild=None, callbacks=()) -> dict:

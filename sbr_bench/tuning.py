@@ -144,7 +144,7 @@ class Tuning:
                               "once, at their end)", self.pruner)
         if self.storage:
             make_storage(optuna, self.storage)  # a bad URL is an error before the tune folder exists
-        folder, record = self._create(command)
+        folder, record = self._create(command, engine, engine_options)
         try:
             return _go(folder, record, self.storage, optuna, progress, engine, engine_options, train)
         finally:
@@ -176,7 +176,7 @@ class Tuning:
             spaces[name] = {k: v for k, v in space.items() if k not in fixed}
         return spaces
 
-    def _create(self, command):
+    def _create(self, command, engine: str, engine_options: dict):
         from .models.space import as_toml
         from .runs import new_run_id
 
@@ -186,6 +186,7 @@ class Tuning:
         names = self.experiment.model_names(dataset)
         config = self.base_experiment(names).plan(dataset, command or "python: Tuning(...).run()")
         spaces = self.spaces(names)
+        _check_precision(config["cfg"], config["device"], engine, engine_options)
         record = {
             "kind": "tune", "models": names, "cfg": config["cfg"], "dataset": config["dataset"],
             "settings_notes": config["settings_notes"], "selection": config["selection"], "seeds": config["seeds"],
@@ -455,12 +456,24 @@ def resume_tuning(ref, runs_dir="runs", storage: str | None = None, progress: bo
                           f"{Path(runs_dir) / str(ref) / TUNE_RECORD})", str(ref))
     folder = TuneFolder(path).lock(f"tune --resume {ref}")
     try:
-        return _go(folder, folder.record(), storage, optuna, progress, engine, engine_options, train)
+        record = folder.record()
+        _check_precision(record["cfg"], record["device"], engine, engine_options)
+        return _go(folder, record, storage, optuna, progress, engine, engine_options, train)
     finally:
         folder.unlock()
 
 
 # --- the steps --------------------------------------------------------------------------------------
+
+def _check_precision(cfgs: dict, device: str, engine: str, engine_options: dict) -> None:
+    """Refuse a precision the trials' device lacks before any trial starts (training.check_precisions)."""
+    from .training import check_precisions, resolve_device
+
+    if engine == "local":
+        check_precisions(cfgs.values(), resolve_device(device))
+    else:
+        check_precisions(cfgs.values(), None, engine_options.get("gpus_per_trial", 0))
+
 
 def _go(folder: TuneFolder, record: dict, storage, optuna, progress, engine, engine_options, train) -> TuneResults:
     url = folder.storage_url(record, storage and absolute_sqlite(storage))

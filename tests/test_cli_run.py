@@ -146,3 +146,34 @@ def test_help_is_a_paragraph_with_examples_and_version_prints_the_version(capsys
     with pytest.raises(SystemExit):
         cli_main(["--version"])
     assert capsys.readouterr().out.strip() == f"sbr-bench {__version__}"
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--engine", "ray", "--epochs", "1"],
+    ["tune", "--budget", "1", "--epochs", "1"],
+    ["tune", "--engine", "ray", "--budget", "1", "--epochs", "1"],
+    ["sweep", "--engine", "ray", "--grid", "dim=8,16", "--epochs", "1"],
+])
+def test_tf32_on_cpu_is_refused_before_anything_starts(tmp_path, capsys, command):
+    """Also where Ray would run the units: its CPU-only workers have no tf32 either (only workers given
+    GPUs are left to check their own device)."""
+    if "ray" in command:
+        pytest.importorskip("ray", reason="Ray is an optional extra (pip install -e '.[ray]')")
+    models = ["--model", "srgnn"] if command[0] == "sweep" else ["--models", "srgnn"]
+    args = command + TINY + models + ["--set", "precision=tf32", "--runs-dir", str(tmp_path / "runs"),
+                                      "--data-dir", str(tmp_path / "datasets")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tf32 is a mode of CUDA" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_only_ray_workers_with_gpus_check_their_precision_themselves():
+    from sbr_bench.errors import ConfigError
+    from sbr_bench.training import check_precisions
+
+    cfgs = [{"precision": "fp32"}, {"precision": "tf32"}]
+    check_precisions(cfgs, None, ray_gpus=1)
+    for device, ray_gpus in (("cpu", None), ("cuda", 0)):
+        with pytest.raises(ConfigError, match="tf32"):
+            check_precisions(cfgs, device, ray_gpus)

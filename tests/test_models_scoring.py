@@ -156,8 +156,8 @@ def test_cross_entropy_matches_torch_and_refuses_a_second_backward(item_major):
     from sbr_bench.models.scoring import cross_entropy
 
     g = torch.Generator().manual_seed(6)
-    scores = torch.randn(50, 7, generator=g, dtype=torch.float64).t() if item_major else torch.randn(7, 50, generator=g, dtype=torch.float64)
-    scores = (scores * 8).requires_grad_()
+    scores = torch.randn(50, 7, generator=g, dtype=torch.float64)
+    scores = ((scores.t() if item_major else scores.reshape(7, 50)) * 8).requires_grad_()
     target = torch.tensor([0, 49, 3, 3, 17, 0, 25])
     got = cross_entropy(scores, target)
     want = F.cross_entropy(scores, target)

@@ -221,7 +221,7 @@ def _check_sets(args, models: list[str]) -> None:
                 raise UserError(f"--set {name}=...: no model of the sweep has the parameter '{name}'")
 
 
-def prepare(args, points: list[Point], sweep_id: str) -> list[tuple[Point, object, dict]]:
+def prepare(args, points: list[Point], sweep_id: str, device: str) -> list[tuple[Point, object, dict]]:
     """Create the run folder of every new point (config.json, env.json) and check that every existing one
     was started with the same settings; (point, RunDir, config) each."""
     import shlex
@@ -230,6 +230,7 @@ def prepare(args, points: list[Point], sweep_id: str) -> list[tuple[Point, objec
     from ..engines import cached_dataset
     from ..experiment import create_run_dir, experiment_record
     from ..runs import RunDir, selection_of
+    from ..training import check_precisions
 
     prepared = []
     try:
@@ -238,6 +239,7 @@ def prepare(args, points: list[Point], sweep_id: str) -> list[tuple[Point, objec
             dataset, _ = cached_dataset(experiment.dataset.spec())
             config = experiment.plan(dataset, command=shlex.join(["sbr-bench"] + sys.argv[1:]))
             config["sweep"] = point.sweep_record(sweep_id)
+            check_precisions(config["cfg"].values(), device, args.gpus_per_task if args.engine == "ray" else None)
             label = ", ".join([point.model, point.dataset] + [f"{k}={v}" for k, v in point.params.items()])
             path = Path(args.runs_dir) / point.run_id
             if not (path / "config.json").exists():
@@ -306,7 +308,7 @@ def main(args) -> int:
                 raise UserError(f"--device {device}: expected auto, cpu or cuda[:k]") from None
     prepared = []
     try:
-        prepared = prepare(args, points, sweep_id)
+        prepared = prepare(args, points, sweep_id, device)
         return _run_points(args, points, prepared, sweep_id, device)
     finally:  # every point's folder is locked from its preparation on (a second sweep on it is refused)
         for _, run_dir, _ in prepared:

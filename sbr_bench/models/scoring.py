@@ -20,6 +20,11 @@ F.normalize), then grad_v = grad_f minus its row mean with centring. The mask is
 multiplies (a boolean `masked_fill` over the table is a much slower kernel on the CPU), drawn by
 `keep_mask`.
 
+Scores are item-major: a [B, N] view of an [N, B] tensor, computed as items @ sᵀ. The CPU BLAS does
+that product faster than s @ itemsᵀ into a row-major [B, N] (the same values), and the table's gradient
+Gᵀ @ s then reads a contiguous [N, B] gradient (benchmarks/model_step.py --breakdown, `bound*`). An
+`out` buffer keeps its own layout.
+
 `precision` (every neural model's config key) sets the arithmetic of these products: fp32; tf32, TF32
 tensor cores on CUDA; bf16, inputs rounded to bfloat16, products accumulated and returned in float32 (a
 bfloat16 result, as autocast gives, would put ties into the full-catalogue ranking). The norms, the
@@ -221,7 +226,7 @@ def normalised_scores(s: Tensor, items: Tensor, sigma: float, centre: bool = Fal
 
 def _row_max(scores: Tensor) -> Tensor:
     """scores.amax(dim=1, keepdim=True). Over item-major scores that is a reduction over the outer memory
-    dimension, which torch's CPU kernel does about 3x slower than a max over blocks of 16 rows first."""
+    dimension, which torch's CPU kernel does more slowly than a max over blocks of 16 rows first."""
     columns = scores.t()
     if scores.is_cuda or not columns.is_contiguous() or columns.shape[0] < 16:
         return scores.amax(dim=1, keepdim=True)
