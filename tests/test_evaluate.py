@@ -197,12 +197,13 @@ def test_scores_go_into_one_reused_buffer():
     assert len(seen) == 7 and None not in seen and len(set(seen)) == 1
 
 
-def test_dot_scorer_out_gives_the_same_scores():
+@pytest.mark.parametrize("b,d,n", [(37, 16, 501), (6, 64, 200), (7, 3, 50)])
+def test_dot_scorer_out_gives_the_same_scores(b, d, n):
     from sbr_bench.models.base import DotScorer
 
     g = torch.Generator().manual_seed(0)
-    s, items = torch.randn(37, 16, generator=g), torch.randn(501, 16, generator=g)
-    out = torch.full((37, 501), float("nan"))
+    s, items = torch.randn(b, d, generator=g), torch.randn(n, d, generator=g)
+    out = torch.full((b, n), float("nan"))
     assert DotScorer()(s, items, out=out) is out
     assert torch.equal(out, DotScorer()(s, items))
 

@@ -20,10 +20,11 @@ F.normalize), then grad_v = grad_f minus its row mean with centring. The mask is
 multiplies (a boolean `masked_fill` over the table is a much slower kernel on the CPU), drawn by
 `keep_mask`.
 
-Scores are item-major: a [B, N] view of an [N, B] tensor, computed as items @ sᵀ. The CPU BLAS does
-that product faster than s @ itemsᵀ into a row-major [B, N] (the same values), and the table's gradient
-Gᵀ @ s then reads a contiguous [N, B] gradient (benchmarks/model_step.py --breakdown, `bound*`). An
-`out` buffer keeps its own layout.
+Scores in training are item-major: a [B, N] view of an [N, B] tensor, computed as items @ sᵀ. The CPU
+BLAS does that product faster than s @ itemsᵀ into a row-major [B, N], and the table's gradient Gᵀ @ s
+then reads a contiguous [N, B] gradient (benchmarks/model_step.py --breakdown, `bound*`). Without
+gradients (evaluation) the scores are s @ itemsᵀ, row-major, the same with or without an `out` buffer
+(the two layouts' products can differ in the last bit).
 
 `precision` (every neural model's config key) sets the arithmetic of these products: fp32; tf32, TF32
 tensor cores on CUDA; bf16, inputs rounded to bfloat16, products accumulated and returned in float32 (a
@@ -72,12 +73,9 @@ def _mm(a: Tensor, b: Tensor, precision: str, out: Tensor | None = None) -> Tens
         return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
 
 
-def _scores_mm(s: Tensor, rows: Tensor, precision: str, out: Tensor | None = None) -> Tensor:
-    """s @ rowsᵀ [B, N], item-major (module doc); into `out` ([B, N], any layout) if given."""
-    if out is None:
-        return _mm(rows, s.t(), precision).t()
-    _mm(rows, s.t(), precision, out=out.t())
-    return out
+def _item_major_mm(s: Tensor, rows: Tensor, precision: str) -> Tensor:
+    """s @ rowsᵀ [B, N] as a view of rows @ sᵀ [N, B] (module doc)."""
+    return _mm(rows, s.t(), precision).t()
 
 
 def keep_mask(shape, p: float, device=None, chunk: int = 1 << 18) -> Tensor:
@@ -130,7 +128,7 @@ class _TableScores(torch.autograd.Function):
     def forward(ctx, s: Tensor, table: Tensor, first: int, precision: str):
         ctx.first, ctx.precision = first, precision
         ctx.save_for_backward(s, table)
-        return _scores_mm(s, table[first:], precision)
+        return _item_major_mm(s, table[first:], precision)
 
     @staticmethod
     @once_differentiable
@@ -141,13 +139,18 @@ class _TableScores(torch.autograd.Function):
         return grad_s, grad_table, None, None
 
 
+def _needs_grad(s: Tensor, items: Tensor, out: Tensor | None, name: str) -> bool:
+    needs = torch.is_grad_enabled() and (s.requires_grad or items.requires_grad)
+    if needs and out is not None:
+        raise RuntimeError(f"{name}(out=...) is for evaluation without gradients")
+    return needs
+
+
 def table_scores(s: Tensor, items: Tensor, precision: str = "fp32", out: Tensor | None = None) -> Tensor:
     """s @ itemsᵀ; the same values and gradients, with the table's gradient in one piece (module doc).
     `out`: a [B, N] buffer to write the scores into (no-grad evaluation only)."""
-    if out is not None or not torch.is_grad_enabled() or not (s.requires_grad or items.requires_grad):
-        if out is not None and torch.is_grad_enabled() and (s.requires_grad or items.requires_grad):
-            raise RuntimeError("table_scores(out=...) is for evaluation without gradients")
-        return _scores_mm(s, items, precision, out=out)
+    if not _needs_grad(s, items, out, "table_scores"):
+        return _mm(s, items.t(), precision, out=out)
     return _TableScores.apply(s, *tail_of(items), precision)
 
 
@@ -157,15 +160,21 @@ def _rows(items: Tensor, centre: bool) -> tuple[Tensor, Tensor]:
     return rows, rows.norm(dim=-1)
 
 
+def _column_scaled(items: Tensor, sigma: float, centre: bool, keep_m: Tensor | None, keep: float):
+    """What the scores are made of (module doc): f(items), its row norms, the column scales c and the
+    masked rows f(items) ⊙ m."""
+    rows, norm = _rows(items, centre)
+    kept = rows * keep_m if keep_m is not None else rows
+    return rows, norm, (sigma / keep) / norm.clamp_min(EPS), kept
+
+
 class _ColumnScaledScores(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: Tensor, table: Tensor, first: int, sigma: float, centre: bool, keep_m: Tensor | None,
                 keep: float, precision: str):
         with torch.no_grad():
-            rows, norm = _rows(table[first:], centre)
-            col = (sigma / keep) / norm.clamp_min(EPS)
-            kept = rows * keep_m if keep_m is not None else rows
-            scores = _scores_mm(s, kept, precision).mul_(col)
+            rows, norm, col, kept = _column_scaled(table[first:], sigma, centre, keep_m, keep)
+            scores = _item_major_mm(s, kept, precision).mul_(col)
         ctx.centre, ctx.first, ctx.precision = centre, first, precision
         # The backward scales by `col` on the smaller side: the [B, N] gradient while B <= d, else the
         # [N, d] table (then it needs no copy of the scores either).
@@ -214,13 +223,9 @@ def normalised_scores(s: Tensor, items: Tensor, sigma: float, centre: bool = Fal
             keep_m = keep_mask(items.shape, dropout, items.device)
         else:  # nn.Dropout(1) zeroes everything
             keep_m, keep = torch.zeros(items.shape, device=items.device), 1.0
-    if out is not None:
-        if torch.is_grad_enabled() and (s.requires_grad or items.requires_grad):
-            raise RuntimeError("normalised_scores(out=...) is for evaluation without gradients")
-        rows, norm = _rows(items, centre)
-        col = (float(sigma) / keep) / norm.clamp_min(EPS)
-        kept = rows * keep_m if keep_m is not None else rows
-        return _scores_mm(s, kept, precision, out=out).mul_(col)
+    if not _needs_grad(s, items, out, "normalised_scores"):
+        _, _, col, kept = _column_scaled(items, float(sigma), centre, keep_m, keep)
+        return _mm(s, kept.t(), precision, out=out).mul_(col)
     return _ColumnScaledScores.apply(s, *tail_of(items), float(sigma), bool(centre), keep_m, keep, precision)
 
 
