@@ -233,7 +233,7 @@ def test_sparse_lookups_only_for_plain_embeddings_in_training(tiny):
     model.embedding.scale_grad_by_freq = True
     model.encode(batch)
     assert seen == ["_SparseLookups", "Embedding", "Embedding", "Embedding"]
-    wrapper = _SparseLookups(model.embedding)
+    wrapper = _SparseLookups(model.embedding, model.embedding.weight)
     assert copy.deepcopy(wrapper).embedding_dim == 16 and pickle.loads(pickle.dumps(wrapper)).embedding_dim == 16
 
 

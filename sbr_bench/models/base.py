@@ -115,13 +115,11 @@ class EmbeddingEncoder(Encoder):
 
 class _SparseLookups:
     """The item embedding as an encoder sees it in training: lookups with a sparse gradient (the rows
-    looked up) into `table` (the embedding's weight, or the alias of it that `_TwoUses` gives), instead
-    of a zero [N + 1, d] table and an index_add into it every step. `.weight` and the rest are the
-    embedding's own."""
+    looked up) into `table` (the alias of the embedding's weight that `_TwoUses` gives), instead of a zero
+    [N + 1, d] table and an index_add into it every step. `.weight` and the rest are the embedding's own."""
 
-    def __init__(self, embedding: nn.Embedding, table: Tensor | None = None):
-        self.embedding = embedding
-        self.table = embedding.weight if table is None else table
+    def __init__(self, embedding: nn.Embedding, table: Tensor):
+        self.embedding, self.table = embedding, table
 
     def __call__(self, index: Tensor) -> Tensor:
         e = self.embedding
