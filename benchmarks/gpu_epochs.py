@@ -54,21 +54,27 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 
 from epoch_time import check_sets  # noqa: E402 - the same folder (sys.path[0] when run as a script)
 
-# Table 2 of Zhang et al., "Efficiently Leveraging Multi-level User Intent for Session-based Recommendation
-# via Atten-Mixer Network" (WSDM 2023), column "Time (s)": running time per training epoch in seconds, "on a
-# single NVIDIA GeForce RTX 3090 GPU" (Section 5.1, which also gives d = 256 and batch size 100 for every
-# model), LESSR-protocol splits. Text in ../shared/seeds/001_fdba5aea74e8ab4a.txt (Table 2; Section 5.2
-# comments on it); the same numbers are in sbr_bench/references/attenmixer.toml as `epoch_s`.
-PAPER_3090_EPOCH_S = {
-    "diginetica": {"nextitnet": 91.06, "narm": 107.61, "srgnn": 341.68, "gcsan": 437.27, "sgnnhn": 365.38,
-                   "lessr": 440.84, "niser": 292.15, "dhcn": 2169.87, "dsan": 273.48, "attenmixer": 288.12},
-    "gowalla": {"nextitnet": 67.94, "narm": 80.52, "srgnn": 338.62, "gcsan": 398.04, "sgnnhn": 326.91,
-                "lessr": 511.68, "niser": 278.65, "dhcn": 2452.76, "dsan": 279.17, "attenmixer": 267.37},
-    "lastfm": {"nextitnet": 413.27, "narm": 427.14, "srgnn": 1626.94, "gcsan": 1814.78, "sgnnhn": 1595.59,
-               "lessr": 1927.20, "niser": 279.80, "dhcn": 21059.94, "dsan": 1203.81, "attenmixer": 1140.09},
-}
-PAPER_SETTING = {"dim": 256, "batch_size": 100}
-PAPER_VALID_FRACTION = 0.2
+from sbr_bench.models.scoring import PRECISIONS  # noqa: E402
+from sbr_bench.references import load_reference  # noqa: E402
+
+# The Atten-Mixer paper (WSDM 2023), Table 2's "Time (s)": seconds per training epoch "on a single NVIDIA
+# GeForce RTX 3090 GPU", LESSR-protocol splits, every model at the setting of its Section 5.1 (d = 256,
+# batch 100, the last 20% of the training sessions for validation): sbr_bench/references/attenmixer.toml.
+PAPER = load_reference("attenmixer")
+
+
+def table2_epoch_s() -> dict[str, dict[str, float]]:
+    """{dataset: {model: the paper's seconds per epoch}}."""
+    out: dict[str, dict[str, float]] = {}
+    for row in PAPER.results:
+        if row["table"] == "Table 2" and "epoch_s" in row:
+            out.setdefault(row["dataset"], {})[row["model"]] = row["epoch_s"]
+    return out
+
+
+PAPER_3090_EPOCH_S = table2_epoch_s()
+PAPER_SETTING = {k: PAPER.setting[k] for k in ("dim", "batch_size")}
+PAPER_VALID_FRACTION = PAPER.setting["valid_fraction"]
 OWN_VALID_FRACTION = 0.1
 # The trainable models of `--models all` (sbr_bench.models.registry.resolve_names) plus GRU4Rec and STAMP.
 TABLE2 = ["gru4rec", "stamp", "nextitnet", "narm", "srgnn", "gcsan", "sgnnhn", "lessr", "niser", "dhcn", "dsan",
@@ -76,7 +82,6 @@ TABLE2 = ["gru4rec", "stamp", "nextitnet", "narm", "srgnn", "gcsan", "sgnnhn", "
 PRIORITY = ["attenmixer", "srgnn", "narm", "sgnnhn", "niser", "dsan", "gcsan", "lessr", "stamp", "gru4rec",
             "nextitnet", "dhcn"]
 SHARED_SPLITS = {"diginetica": "diginetica/srgnn_protocol", "gowalla": "gowalla/lessr_protocol_pickle"}
-PRECISIONS = ("fp32", "tf32", "bf16")
 MIN_START_S = 15  # no child is started with less budget left than this
 
 
