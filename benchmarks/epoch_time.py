@@ -80,6 +80,12 @@ def parse_args(argv=None):
     return args
 
 
+def apply_sets(cfg: dict, items) -> dict:
+    """cfg with the --set KEY=VALUE items (JSON values) whose KEY it has."""
+    cfg.update({k: json.loads(v) for k, _, v in (item.partition("=") for item in items) if k in cfg})
+    return cfg
+
+
 def check_sets(ap, items) -> None:
     """--set KEY=VALUE items have a key and a JSON value (else the parser's one-line error)."""
     for item in items:
@@ -107,8 +113,7 @@ def child(args) -> int:
     with open(args.data_file, "rb") as f:
         dataset = pickle.load(f)
     calls = count_torch_scatter_calls()
-    cfg = model_config(args.child)
-    cfg.update({k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set) if k in cfg})
+    cfg = apply_sets(model_config(args.child), args.set)
     row = profile_model(args.child, cfg, dataset, args.device, seed=args.seed)
     import torch_geometric.typing
 
@@ -166,11 +171,17 @@ def run_child(python: str, extra: list, model: str, data_file: str, args, tmp: s
            "--threads", str(args.threads), "--device", args.device, "--seed", str(args.seed),
            *[f"--set={item}" for item in args.set], *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    row = spawn(cmd, out, env)
+    return dict(row, model=model, python=python) if row.get("status") == "failed" else row
+
+
+def spawn(cmd: list, out: str, env: dict, timeout: float | None = None) -> dict:
+    """Run a child that writes its row as JSON to `out`: that row, or {"status": "failed", "reason": ...}
+    with the child's last line of output (a TimeoutExpired propagates)."""
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
     if proc.returncode != 0 or not os.path.exists(out):
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"model": model, "status": "failed", "reason": f"child exit {proc.returncode}: {tail[0]}",
-                "python": python}
+        return {"status": "failed", "reason": f"child exit {proc.returncode}: {tail[0]}"}
     with open(out) as f:
         return json.load(f)
 

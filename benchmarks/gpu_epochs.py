@@ -18,9 +18,8 @@ Usage: python benchmarks/gpu_epochs.py [--device cuda] [--datasets diginetica,go
   --setting own: each model's own defaults (as benchmarks/epoch_time.py) and a 10% validation split.
 - --precision fp32,bf16: the first precision for every model, the others for --precision-models (default:
   all), each right after that model's first; then a table of validation HR@20 / MRR@20 per precision and
-  the difference to the first, and the epoch time ratio. Needs the models' `precision` config key (fp32 |
-  tf32 | bf16: the arithmetic of the scoring products, sbr_bench/models/scoring.py); where a model has
-  none, its row says "precision option unavailable".
+  the difference to the first, and the epoch time ratio (the models' `precision` config key: the
+  arithmetic of the scoring products, sbr_bench/models/scoring.py).
 - --budget-s S: stop starting children once S seconds have passed since the start (a running child is
   stopped at the budget); what was not run is listed. Models run in PRIORITY order (Atten-Mixer and SR-GNN
   first, DHCN last) and each model on every dataset before the next model; the table is in Table 2 order.
@@ -52,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from epoch_time import check_sets  # noqa: E402 - the same folder (sys.path[0] when run as a script)
+from epoch_time import apply_sets, check_sets, spawn  # noqa: E402 - the same folder (sys.path[0] as a script)
 
 from sbr_bench.models.scoring import PRECISIONS  # noqa: E402
 from sbr_bench.references import load_reference  # noqa: E402
@@ -137,14 +136,9 @@ def child(args) -> int:
     cfg = model_config(args.child)
     if args.setting == "paper":
         cfg.update({k: v for k, v in PAPER_SETTING.items() if k in cfg})
-    cfg.update({k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set) if k in cfg})
-    precision = args.child_precision
-    row = {"model": args.child, "precision": precision}
-    if "precision" in cfg:
-        cfg["precision"] = precision
-    elif precision != "fp32":
-        write_json(args.out, dict(row, status="unavailable", reason="precision option unavailable"))
-        return 0
+    apply_sets(cfg, args.set)
+    cfg["precision"] = args.child_precision
+    row = {"model": args.child, "precision": args.child_precision}
     row.update(profile_model(args.child, cfg, dataset, args.device, seed=args.seed))
     row.update(torch=torch.__version__, gpu=torch.cuda.get_device_name() if row["device"].startswith("cuda") else None)
     write_json(args.out, row)
@@ -238,18 +232,13 @@ def run_child(args, model, precision, data_file, tmp, timeout) -> dict:
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        row = spawn(cmd, out, env, timeout)
     except subprocess.TimeoutExpired:
         return {"model": model, "precision": precision, "status": "failed",
                 "reason": f"stopped at the budget after {time.perf_counter() - start:.0f} s"}
-    if proc.returncode != 0 or not os.path.exists(out):
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"model": model, "precision": precision, "status": "failed",
-                "reason": f"child exit {proc.returncode}: {tail[0]}"}
-    with open(out) as f:
-        row = json.load(f)
-    row["child_wall_s"] = time.perf_counter() - start
-    return row
+    if row.get("status") == "failed":
+        return dict(row, model=model, precision=precision)
+    return dict(row, child_wall_s=time.perf_counter() - start)
 
 
 # --- parent: tables ----------------------------------------------------------------------------------------
@@ -317,13 +306,17 @@ def main(argv=None) -> int:
     start = time.monotonic()
     import torch
 
+    from sbr_bench.errors import ConfigError
     from sbr_bench.models.registry import model_config
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU (use --device cpu for a dry run)")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
-        model_config(m)  # unknown names fail here, in one line
+        try:
+            model_config(m)
+        except ConfigError as e:  # an unknown name: one line, before anything runs
+            sys.exit(f"--models: {e}")
     precision_models = set(models if args.precision_models is None else
                            [m.strip() for m in args.precision_models.split(",") if m.strip()])
     valid_fraction = PAPER_VALID_FRACTION if args.setting == "paper" else OWN_VALID_FRACTION
