@@ -366,7 +366,7 @@ def _continue(run_dir, device, device_name: str, changes: dict, what: str, held:
     from .env import environment
     from .io import remove_orphans, write_json
     from .runs import dataset_fingerprint
-    from .training import resolve_device
+    from .training import check_precisions, resolve_device
 
     held.append(run_dir)
     _on_main(lambda: run_dir.lock(what))
@@ -376,6 +376,7 @@ def _continue(run_dir, device, device_name: str, changes: dict, what: str, held:
         raise UserError(f"{what}: dataset '{config['dataset']['name']}' differs from the one this run "
                         "started with (fingerprint mismatch); start a new run instead")
     device = device if device is not None else resolve_device(device_name)
+    check_precisions(config["cfg"].values(), device)
     if distributed.is_main():
         remove_orphans(run_dir.path)  # e.g. a results.json a kill interrupted; units clean their own folders
         write_json(run_dir.path / f"env.resume-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json",

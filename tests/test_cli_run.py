@@ -148,11 +148,15 @@ def test_help_is_a_paragraph_with_examples_and_version_prints_the_version(capsys
     assert capsys.readouterr().out.strip() == f"sbr-bench {__version__}"
 
 
+TF32 = ["--set", "precision=tf32"]
+
+
 @pytest.mark.parametrize("command", [
-    ["run", "--engine", "ray", "--epochs", "1"],
-    ["tune", "--budget", "1", "--epochs", "1"],
-    ["tune", "--engine", "ray", "--budget", "1", "--epochs", "1"],
-    ["sweep", "--engine", "ray", "--grid", "dim=8,16", "--epochs", "1"],
+    ["run", "--engine", "ray", "--epochs", "1"] + TF32,
+    ["tune", "--budget", "1", "--epochs", "1"] + TF32,
+    ["tune", "--engine", "ray", "--budget", "1", "--epochs", "1"] + TF32,
+    ["sweep", "--engine", "ray", "--grid", "dim=8,16", "--epochs", "1"] + TF32,
+    ["sweep", "--grid", "precision=fp32,tf32", "--epochs", "1"],  # no folder for the fp32 point either
 ])
 def test_tf32_on_cpu_is_refused_before_anything_starts(tmp_path, capsys, command):
     """Also where Ray would run the units: its CPU-only workers have no tf32 either (only workers given
@@ -160,8 +164,8 @@ def test_tf32_on_cpu_is_refused_before_anything_starts(tmp_path, capsys, command
     if "ray" in command:
         pytest.importorskip("ray", reason="Ray is an optional extra (pip install -e '.[ray]')")
     models = ["--model", "srgnn"] if command[0] == "sweep" else ["--models", "srgnn"]
-    args = command + TINY + models + ["--set", "precision=tf32", "--runs-dir", str(tmp_path / "runs"),
-                                      "--data-dir", str(tmp_path / "datasets")]
+    args = command + TINY + models + ["--device", "cpu", "--runs-dir", str(tmp_path / "runs"), "--data-dir",
+                                      str(tmp_path / "datasets")]
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "tf32 is a mode of CUDA" in err and len(err.splitlines()) == 1

@@ -232,14 +232,17 @@ def prepare(args, points: list[Point], sweep_id: str, device: str) -> list[tuple
     from ..runs import RunDir, selection_of
     from ..training import check_precisions
 
+    planned = []  # every point is planned and checked before any folder is written
+    for point in points:
+        experiment = point_experiment(args, point)
+        dataset, _ = cached_dataset(experiment.dataset.spec())
+        config = experiment.plan(dataset, command=shlex.join(["sbr-bench"] + sys.argv[1:]))
+        config["sweep"] = point.sweep_record(sweep_id)
+        check_precisions(config["cfg"].values(), device, args.gpus_per_task if args.engine == "ray" else None)
+        planned.append((point, experiment, config))
     prepared = []
     try:
-        for point in points:
-            experiment = point_experiment(args, point)
-            dataset, _ = cached_dataset(experiment.dataset.spec())
-            config = experiment.plan(dataset, command=shlex.join(["sbr-bench"] + sys.argv[1:]))
-            config["sweep"] = point.sweep_record(sweep_id)
-            check_precisions(config["cfg"].values(), device, args.gpus_per_task if args.engine == "ray" else None)
+        for point, experiment, config in planned:
             label = ", ".join([point.model, point.dataset] + [f"{k}={v}" for k, v in point.params.items()])
             path = Path(args.runs_dir) / point.run_id
             if not (path / "config.json").exists():
