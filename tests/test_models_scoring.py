@@ -217,3 +217,23 @@ def test_precision_is_a_checked_model_setting():
     assert build_model("srgnn", 30, {})[0].scorer.precision == "fp32"
     with pytest.raises(ConfigError, match="fp32, tf32, bf16"):
         build_model("attenmixer", 30, {"precision": "fp16"})
+
+
+def test_tf32_switch_sets_and_restores_torchs_own_setting():
+    """The CUDA products' TF32 switch goes through `fp32_precision` (where torch has it), so a user's own
+    setting of it is restored and never mixed with the legacy flag (torch raises on the mix)."""
+    from sbr_bench.models.scoring import _tf32
+
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has only the legacy allow_tf32 flag")
+    before = matmul.fp32_precision
+    try:
+        for user in ("none", "tf32", "ieee"):
+            matmul.fp32_precision = user
+            for on, inside in ((True, "tf32"), (False, "ieee")):
+                with _tf32(on):
+                    assert matmul.fp32_precision == inside
+                assert matmul.fp32_precision == user
+    finally:
+        matmul.fp32_precision = before

@@ -52,12 +52,20 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 @contextlib.contextmanager
 def _tf32(on: bool):
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = on
+    """CUDA matmuls inside in TF32 or in strict float32, through torch's `fp32_precision` where it has it
+    (touching the legacy `allow_tf32` flag after a user set the new one makes torch raise)."""
+    matmul = torch.backends.cuda.matmul
+    name, value = ("fp32_precision", "tf32" if on else "ieee") if hasattr(matmul, "fp32_precision") \
+        else ("allow_tf32", on)
+    previous = getattr(matmul, name)
+    if previous == value:
+        yield
+        return
+    setattr(matmul, name, value)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+        setattr(matmul, name, previous)
 
 
 def _mm(a: Tensor, b: Tensor, precision: str, out: Tensor | None = None) -> Tensor:
