@@ -208,6 +208,14 @@ def _sparse_counts(model, batch, sorter: SortedBackground):
     return tuple(torch.from_numpy(np.asarray(c)).to(batch.y.device) for c in counts)
 
 
+def _sparse_scores_match_forward(model) -> bool:
+    """Whether `model.sparse_scores` gives its `forward`'s scores: defined by the class that defines
+    `forward` or below it (a subclass that overrides only `forward` is ranked by its `forward`)."""
+    mro = type(model).__mro__
+    owner = next((c for c in mro if "sparse_scores" in vars(c)), None)
+    return owner is not None and issubclass(owner, next(c for c in mro if "forward" in vars(c)))
+
+
 @torch.no_grad()
 def evaluate(model, split, n_items, batch_size=500, device="cpu", extra=None, ks=KS, order=None,
              sparse=True) -> EvalResult:
@@ -225,7 +233,7 @@ def evaluate(model, split, n_items, batch_size=500, device="cpu", extra=None, ks
     bad_d = torch.zeros(len(split), dtype=torch.bool, device=device)
     chunk = max(1, min(n_items, MAX_SCORE_CELLS // max(batch_size, 1)))
     buffer, sorter = ScoreBuffer(), SortedBackground()
-    use_sparse = sparse and hasattr(model, "sparse_scores")
+    use_sparse = sparse and _sparse_scores_match_forward(model)
     for b0 in range(0, len(split), batch_size):
         idx = idx_order[b0 : b0 + batch_size]
         batch = collate_examples(split, idx, n_items, extra).to(device)

@@ -269,6 +269,15 @@ def test_evaluate_takes_the_sparse_path_when_the_model_has_one():
     assert evaluate(FixedScores(np.zeros((4, 4))), split, n_items=4).ranks_pessimistic.tolist() == [4, 4, 4, 4]
 
 
+def test_a_subclass_that_overrides_only_forward_is_ranked_by_its_forward():
+    class OwnForward(SparseOnly):  # e.g. a plugin built on a kNN anchor, changing its scores in `forward`
+        def forward(self, batch, out=None):
+            return super().forward(batch)
+
+    split = split_with_targets([1, 2, 3, 4])
+    assert evaluate(OwnForward(np.zeros((4, 4))), split, n_items=4).ranks_pessimistic.tolist() == [4, 4, 4, 4]
+
+
 def assert_sparse_path_exact(model, split, n_items, batch_size=61):
     """The sparse path's ranks are the dense path's, element for element; returns the dense result."""
     assert hasattr(model, "sparse_scores"), type(model)
