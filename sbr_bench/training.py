@@ -173,16 +173,6 @@ def train(model, dataset, cfg: dict | None = None, *, selection: str = "valid", 
     return summary
 
 
-def _densify_sparse_grads(optimizer) -> None:
-    """Embedding lookups in training have sparse gradients (models/base.py), which the scoring products'
-    dense table gradient absorbs; a model that never scores against its table would hand the fused
-    optimizers a sparse gradient, which they refuse: make it dense."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is not None and p.grad.is_sparse:
-                p.grad = p.grad.to_dense()
-
-
 def check_precision(cfg: dict, device) -> None:
     """A model's `precision` setting is possible on `device` (tf32 exists on CUDA only)."""
     if cfg.get("precision") == "tf32" and torch.device(device).type != "cuda":
@@ -377,9 +367,6 @@ class _Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            for module in model.modules():  # DDP's reducer takes dense gradients only, during backward
-                if hasattr(module, "sparse_lookups"):
-                    module.sparse_lookups = False
             self.net = DistributedDataParallel(_LossOf(model), device_ids=[device.index] if device.type == "cuda"
                                                else None, static_graph=True, gradient_as_bucket_view=True)
             seed_rank(seed, self.rank)
@@ -464,7 +451,6 @@ class _Trainer:
                                      shared=True)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            _densify_sparse_grads(self.optimizer)
             self.optimizer.step()
             _sync(device)
             t3 = time.perf_counter()

@@ -188,7 +188,7 @@ def test_lookups_train_with_sparse_gradients_that_the_table_gradient_absorbs(tin
 
 
 class LookupOnlyModel(SBRModel):
-    """Scores against a table of its own: its item embedding gets only the lookups' sparse gradient."""
+    """Scores against a table of its own: its item embedding gets only the lookups' gradient."""
 
     def __init__(self, n_items):
         super().__init__(n_items, 16, EmbeddingEncoder(16), MeanReadout(), DotScorer())
@@ -208,7 +208,7 @@ def test_a_table_never_scored_still_trains_with_the_fused_optimizer(tiny, tmp_pa
 
 
 def test_sparse_lookups_only_for_plain_embeddings_in_training(tiny):
-    """Dense lookups where a sparse gradient would not be taken: no grad, a frozen table, DDP's flag, an
+    """Dense lookups where a sparse gradient would not be taken: no grad, a frozen table, the model's flag, an
     embedding subclass (its own forward) or scale_grad_by_freq (no sparse version)."""
     import copy
     import pickle
@@ -253,6 +253,7 @@ def test_the_two_uses_of_the_table_sum_their_gradients():
         if not upstream.is_contiguous():
             assert torch.equal(upstream, kept)  # not written into
     scored, looked_up = _TwoUses.apply(weight)
-    assert torch.autograd.grad(looked_up, weight, rows)[0].is_sparse
+    alone = torch.autograd.grad(looked_up, weight, rows)[0]  # a table never scored: dense all the same
+    assert not alone.is_sparse and torch.equal(alone, rows.to_dense())
     scored, looked_up = _TwoUses.apply(weight)
     assert torch.equal(torch.autograd.grad(scored, weight, dense)[0], dense)

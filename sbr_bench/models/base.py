@@ -135,7 +135,8 @@ class _TwoUses(torch.autograd.Function):
     """The embedding table twice, for the scoring products and for the encoder's sparse lookups. Both
     gradients meet here, and the looked-up rows are added into the products' dense table gradient in
     place; arriving at the table separately, a dense and then a sparse gradient, autograd would sum them
-    into a fresh copy of the whole table."""
+    into a fresh copy of the whole table. The table itself always gets a dense gradient (what optimizers
+    and DDP's reducer take), also when it is never scored against."""
 
     @staticmethod
     def forward(ctx, weight: Tensor):
@@ -146,7 +147,7 @@ class _TwoUses(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dense: Tensor | None, rows: Tensor | None):
         if dense is None or rows is None:
-            return rows if dense is None else dense
+            return rows.to_dense() if dense is None else dense
         if dense.is_sparse or dense._base is not None or not dense.is_contiguous():  # not one we may reuse
             return dense + rows
         return dense.add_(rows)
@@ -250,7 +251,7 @@ class SBRModel(nn.Module):
     """embedding + encoder + readout + scorer, trained with cross-entropy over all items."""
 
     trainable = True
-    sparse_lookups = True  # encoders' lookups with sparse gradients in training (_SparseLookups); off under DDP
+    sparse_lookups = True  # encoders' lookups with sparse gradients in training (_SparseLookups, _TwoUses)
 
     def __init__(self, n_items: int, dim: int, encoder: Encoder, readout: Readout, scorer: nn.Module):
         super().__init__()
